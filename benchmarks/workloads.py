@@ -1,0 +1,139 @@
+"""Workloads timed by overhead.py, each run in a fresh interpreter: ``python workloads.py MODE NAME``.
+
+MODE is ``plain`` (import multiprocessing), ``traced`` (import tracedmp as multiprocessing, with
+TRACEDMP_TRACE set by the caller) or ``off`` (import tracedmp, TRACEDMP_TRACE=off).  The script
+prints the seconds the workload itself took, as JSON, leaving interpreter start-up out.
+"""
+
+import json
+import os
+import sys
+import time
+
+
+def noop(x):
+    return x
+
+
+def size_of(b):
+    return len(b)
+
+
+def child():
+    pass
+
+
+def tiny_tasks(mp, n=50_000):
+    with mp.Pool(2) as pool:
+        pool.map(noop, range(200))  # warm the workers up
+        t = time.perf_counter()
+        pool.map(noop, range(n), chunksize=1)
+        return time.perf_counter() - t
+
+
+def tiny_tasks_default_chunks(mp, n=200_000):
+    with mp.Pool(2) as pool:
+        pool.map(noop, range(200))
+        t = time.perf_counter()
+        pool.map(noop, range(n))
+        return time.perf_counter() - t
+
+
+def big_args(mp, n=2_000, size=100_000):
+    # Distinct objects: pickle's memo would otherwise send a repeated one once per chunk.
+    args = [os.urandom(size) for _ in range(n)]
+    with mp.Pool(2) as pool:
+        pool.map(size_of, args[:50])
+        t = time.perf_counter()
+        pool.map(size_of, args)
+        return time.perf_counter() - t
+
+
+def huge_args(mp, n=40, size=10_000_000):
+    payload = os.urandom(size)
+    with mp.Pool(2) as pool:
+        pool.map(size_of, [b"x"] * 4)
+        t = time.perf_counter()
+        pool.map(size_of, [payload] * n, chunksize=1)
+        return time.perf_counter() - t
+
+
+def _start_join(mp, method, n):
+    ctx = mp.get_context(method)
+    ctx.Process(target=child).start()  # warm up (forkserver starts its server here)
+    t = time.perf_counter()
+    for _ in range(n):
+        p = ctx.Process(target=child)
+        p.start()
+        p.join()
+    return time.perf_counter() - t
+
+
+def start_spawn(mp):
+    return _start_join(mp, "spawn", 10)
+
+
+def start_fork(mp):
+    return _start_join(mp, "fork", 100)
+
+
+def start_forkserver(mp):
+    return _start_join(mp, "forkserver", 40)
+
+
+def _echo(conn):
+    while True:
+        msg = conn.recv()
+        if msg is None:
+            return
+        conn.send(msg)
+
+
+def pipe_roundtrip(mp, n=20_000):
+    a, b = mp.Pipe()
+    p = mp.get_context("fork").Process(target=_echo, args=(b,))
+    p.start()
+    msg = {"id": 1, "values": list(range(10))}
+    t = time.perf_counter()
+    for _ in range(n):
+        a.send(msg)
+        a.recv()
+    elapsed = time.perf_counter() - t
+    a.send(None)
+    p.join()
+    return elapsed
+
+
+def _queue_echo(q_in, q_out):
+    for msg in iter(q_in.get, None):
+        q_out.put(msg)
+
+
+def queue_roundtrip(mp, n=10_000):
+    ctx = mp.get_context("fork")
+    q_in, q_out = ctx.Queue(), ctx.Queue()
+    p = ctx.Process(target=_queue_echo, args=(q_in, q_out))
+    p.start()
+    msg = {"id": 1, "values": list(range(10))}
+    t = time.perf_counter()
+    for _ in range(n):
+        q_in.put(msg)
+        q_out.get()
+    elapsed = time.perf_counter() - t
+    q_in.put(None)
+    p.join()
+    return elapsed
+
+
+WORKLOADS = {f.__name__: f for f in (
+    tiny_tasks, tiny_tasks_default_chunks, big_args, huge_args, start_spawn, start_fork,
+    start_forkserver, pipe_roundtrip, queue_roundtrip,
+)}
+
+if __name__ == "__main__":
+    mode, name = sys.argv[1], sys.argv[2]
+    if mode == "plain":
+        import multiprocessing as mp
+    else:
+        import tracedmp as mp
+    print(json.dumps({"seconds": WORKLOADS[name](mp)}))

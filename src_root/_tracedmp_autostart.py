@@ -1,0 +1,66 @@
+"""tracedmp's startup hook, imported by tracedmp-autostart.pth when TRACEDMP_AUTOSTART is set.
+
+``tracedmp run`` sets that variable, so every interpreter of the traced program (children started
+by spawn, forkserver or ``python -E``/``-I`` included: .pth files still run for them) starts
+tracing.  It must not import multiprocessing itself: it waits for the program to import it, and
+installs tracedmp's hooks right after.
+"""
+
+import os
+import sys
+
+_ENV = "TRACEDMP_AUTOSTART"
+
+
+def start() -> None:
+    if "multiprocessing" in sys.modules:
+        _install()
+    elif not any(isinstance(f, _Finder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _Finder())
+
+
+def _install() -> None:
+    try:
+        from tracedmp import _tracer
+
+        main = os.environ.get(_ENV) == str(os.getpid())
+        if _tracer.current is None:
+            cfg = _tracer._config.resolve()
+            if cfg.enabled:
+                _tracer.activate(cfg, main=main)
+    except Exception as exc:  # the program must run even if tracing cannot
+        sys.stderr.write(f"tracedmp: tracing not started: {exc}\n")
+
+
+class _Finder:
+    """Finds nothing itself: it wraps the loader of ``multiprocessing`` to run after it."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "multiprocessing":
+            return None
+        sys.meta_path.remove(self)
+        import importlib.util
+
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _Loader(spec.loader)
+        return spec
+
+
+class _Loader:
+    def __init__(self, loader):
+        self._loader = loader
+
+    def __getattr__(self, name):
+        return getattr(self._loader, name)
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        self._loader.exec_module(module)
+        # Put the real loader back before anything can look at it.
+        module.__loader__ = self._loader
+        if module.__spec__ is not None:
+            module.__spec__.loader = self._loader
+        _install()

@@ -1,0 +1,129 @@
+"""tracedmp: ``multiprocessing``, traced.
+
+``import tracedmp as multiprocessing`` gives the running Python's whole multiprocessing API, with
+the same behaviour, and writes one JSON Lines record for every object pickled to cross a process
+boundary: its size, how it travelled (by reference or by value), what carried it, the functions
+and classes it names, and how long pickling took.  See https://tracedmp.readthedocs.io (docs/).
+"""
+
+from __future__ import annotations
+
+import importlib as _importlib
+import multiprocessing as _mp
+from multiprocessing import (
+    AuthenticationError,
+    BufferTooShort,
+    ProcessError,
+    TimeoutError,
+    active_children,
+    allow_connection_pickling,
+    cpu_count,
+    current_process,
+    freeze_support,
+    get_all_start_methods,
+    get_logger,
+    get_start_method,
+    log_to_stderr,
+    parent_process,
+    reducer,
+    set_executable,
+    set_forkserver_preload,
+    set_start_method,
+)
+from typing import Any
+
+from ._api import (
+    Array,
+    Barrier,
+    BoundedSemaphore,
+    Condition,
+    Event,
+    JoinableQueue,
+    Lock,
+    Manager,
+    Pipe,
+    Pool,
+    Process,
+    Queue,
+    RLock,
+    RawArray,
+    RawValue,
+    Semaphore,
+    SimpleQueue,
+    Value,
+    get_context,
+)
+from ._config import Config, configure, get_config, reset_config
+from ._errors import ConfigError, TraceFileError, TraceFormatError, TracedmpError
+from ._tracer import FORMAT_VERSION, install, is_tracing, uninstall
+from ._version import __version__
+
+# multiprocessing's names, then ours.
+__all__ = [
+    "Array",
+    "AuthenticationError",
+    "Barrier",
+    "BoundedSemaphore",
+    "BufferTooShort",
+    "Condition",
+    "Event",
+    "JoinableQueue",
+    "Lock",
+    "Manager",
+    "Pipe",
+    "Pool",
+    "Process",
+    "ProcessError",
+    "Queue",
+    "RLock",
+    "RawArray",
+    "RawValue",
+    "Semaphore",
+    "SimpleQueue",
+    "TimeoutError",
+    "Value",
+    "active_children",
+    "allow_connection_pickling",
+    "cpu_count",
+    "current_process",
+    "freeze_support",
+    "get_all_start_methods",
+    "get_context",
+    "get_logger",
+    "get_start_method",
+    "log_to_stderr",
+    "parent_process",
+    "reducer",
+    "set_executable",
+    "set_forkserver_preload",
+    "set_start_method",
+] + [
+    "FORMAT_VERSION",
+    "Config",
+    "ConfigError",
+    "TraceFileError",
+    "TraceFormatError",
+    "TracedmpError",
+    "__version__",
+    "configure",
+    "get_config",
+    "install",
+    "is_tracing",
+    "reset_config",
+    "uninstall",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # Whatever else multiprocessing has (SUBDEBUG, a newer Python's additions, submodules such
+    # as tracedmp.pool or tracedmp.shared_memory) is multiprocessing's own object.
+    try:
+        return getattr(_mp, name)
+    except AttributeError:
+        pass
+    if not name.startswith("_"):
+        try:
+            return _importlib.import_module(f"multiprocessing.{name}")
+        except ModuleNotFoundError:
+            pass
+    raise AttributeError(f"module 'tracedmp' has no attribute {name!r}")

@@ -1,0 +1,63 @@
+"""multiprocessing's own API, with tracing started by the first use of it.
+
+Everything here is the stdlib's object, or a thin function that starts tracing (once, unless it
+is off) and then calls the stdlib's default context: same arguments, results and exceptions.
+``Process`` is the one subclass, so that ``tracedmp.Process(...).start()`` starts tracing too.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing as _mp
+from multiprocessing import context as _context
+from typing import Any, Callable
+
+from ._tracer import activate_implicitly
+
+__all__ = [
+    "Array", "Barrier", "BoundedSemaphore", "Condition", "Event", "JoinableQueue", "Lock",
+    "Manager", "Pipe", "Pool", "Process", "Queue", "RLock", "RawArray", "RawValue", "Semaphore",
+    "SimpleQueue", "Value", "get_context",
+]
+
+
+def _activating(name: str) -> Callable[..., Any]:
+    stdlib = getattr(_context._default_context, name)
+
+    @functools.wraps(stdlib)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        activate_implicitly()
+        return getattr(_context._default_context, name)(*args, **kwargs)
+
+    call.__module__ = "tracedmp"
+    return call
+
+
+class Process(_mp.Process):
+    """``multiprocessing.Process``; starting one starts tracing, unless tracing is off."""
+
+    def start(self) -> None:
+        activate_implicitly()
+        super().start()
+
+
+Process.__module__ = "tracedmp"
+
+Array = _activating("Array")
+Barrier = _activating("Barrier")
+BoundedSemaphore = _activating("BoundedSemaphore")
+Condition = _activating("Condition")
+Event = _activating("Event")
+JoinableQueue = _activating("JoinableQueue")
+Lock = _activating("Lock")
+Manager = _activating("Manager")
+Pipe = _activating("Pipe")
+Pool = _activating("Pool")
+Queue = _activating("Queue")
+RLock = _activating("RLock")
+RawArray = _activating("RawArray")
+RawValue = _activating("RawValue")
+Semaphore = _activating("Semaphore")
+SimpleQueue = _activating("SimpleQueue")
+Value = _activating("Value")
+get_context = _activating("get_context")

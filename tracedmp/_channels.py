@@ -1,0 +1,114 @@
+"""Which channel carried a pickle, told from the frames that called the pickler.
+
+multiprocessing pickles in three places only (``Connection.send``, ``SimpleQueue.put`` and the
+``Queue`` feeder thread), so the caller's code object says what carried the object, and the
+caller's caller says who used that carrier (a Pool, a Manager, an executor, or the program).
+The answer depends only on the two code objects, so it is cached on them, by identity: hashing
+a code object hashes its constants, which costs microseconds.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Dict, Tuple
+
+__all__ = ["bind", "carrier_channel", "receiver_channel", "reset_after_fork"]
+
+_send: Tuple[Any, Any] = (None, None)  # Connection.send, SimpleQueue.put
+_recv: Tuple[Any, Any, Any] = (None, None, None)  # Connection.recv, SimpleQueue.get, Queue.get
+_feed: Any = None  # Queue._feed, the feeder thread
+# (id of carrier code, id of caller code) -> (caller code, channel); the code kept to check
+# that an id was not reused by a newer code object.
+_by_caller: Dict[Tuple[int, int], Tuple[Any, str]] = {}
+_CACHE_LIMIT = 4096
+_local = threading.local()
+
+
+def bind() -> None:
+    """Learn the code objects of the stdlib carriers (after multiprocessing is imported)."""
+    global _send, _recv, _feed
+    from multiprocessing import connection, queues
+
+    conn = connection._ConnectionBase
+    _send = (conn.send.__code__, queues.SimpleQueue.put.__code__)
+    _recv = (conn.recv.__code__, queues.SimpleQueue.get.__code__, queues.Queue.get.__code__)
+    _feed = queues.Queue._feed.__code__
+    _by_caller.clear()
+
+
+def carrier_channel(frame: Any) -> str:
+    """Channel for a pickle made by the function running in ``frame``."""
+    code = frame.f_code
+    if code is _send[0]:
+        return _refine("pipe", code, frame.f_back, False)
+    if code is _send[1]:
+        return _refine("queue", code, frame.f_back, False)
+    if code is _feed:
+        return _feeder_channel(frame)
+    return "other"
+
+
+def receiver_channel(frame: Any) -> str:
+    """Channel for an unpickling made by the function running in ``frame``."""
+    code = frame.f_code
+    if code is _recv[0]:
+        return _refine("pipe", code, frame.f_back, True)
+    if code is _recv[1] or code is _recv[2]:
+        return _refine("queue", code, frame.f_back, True)
+    return "other"
+
+
+def _refine(base: str, code: Any, caller: Any, receiving: bool) -> str:
+    if caller is None:
+        return base
+    caller_code = caller.f_code
+    key = (id(code), id(caller_code))
+    hit = _by_caller.get(key)
+    if hit is not None and hit[0] is caller_code:
+        return hit[1]
+    channel = _classify(base, caller, receiving)
+    if len(_by_caller) >= _CACHE_LIMIT:
+        _by_caller.clear()
+    _by_caller[key] = (caller_code, channel)
+    return channel
+
+
+def _classify(base: str, caller: Any, receiving: bool) -> str:
+    module = caller.f_globals.get("__name__")
+    name = caller.f_code.co_name
+    if module == "multiprocessing.pool":
+        # A worker sends results and receives tasks; the parent's handler threads the reverse.
+        if name == "worker":
+            return "pool.task" if receiving else "pool.result"
+        if name == "_handle_tasks" and base == "pipe":
+            return "pool.task"
+        if name == "_handle_results" and base == "pipe":
+            return "pool.result"
+        return "pool.control"
+    if module == "multiprocessing.managers":
+        return "manager"
+    if module == "concurrent.futures.process":
+        return "executor.call" if receiving and name == "_process_worker" else "executor.result"
+    return base
+
+
+def _feeder_channel(frame: Any) -> str:
+    # A feeder thread serves one queue for its whole life: look at the queue once per thread.
+    channel = getattr(_local, "feed_channel", None)
+    if channel is None:
+        channel = "queue"
+        try:
+            onerror = frame.f_locals.get("onerror")
+            owner = getattr(onerror, "__self__", None)
+            if type(owner).__module__ == "concurrent.futures.process":
+                channel = "executor.call"
+        except Exception:
+            pass
+        _local.feed_channel = channel
+    return channel
+
+
+def reset_after_fork() -> None:
+    # Only the forking thread survives; a feeder thread's cache must not leak into a new one.
+    global _local
+    _local = threading.local()

@@ -1,0 +1,161 @@
+"""The global hooks: where tracedmp plugs into multiprocessing, and how it comes out again.
+
+- ``multiprocessing.connection._ForkingPickler`` and ``multiprocessing.queues._ForkingPickler``:
+  the tracing pickler.  Both modules bind the class at import time, so the context's ``reducer``
+  does not reach them (CPython gh-72240); these two names carry every Pipe, Queue, Pool and
+  Manager message.
+- ``multiprocessing.reduction.dump``: how spawn and forkserver write a child's launch data.
+- ``_Popen`` of ForkProcess, SpawnProcess and ForkServerProcess: one ``process_start`` record per
+  child (``pickled: false`` under fork), and the settings handed to spawned children.
+
+Every patch remembers what it replaced; ``remove_patches`` puts back whatever is still ours.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import threading
+from time import perf_counter_ns
+from typing import Any, List, Optional, Tuple
+
+from . import _child, _tracer
+
+__all__ = ["active_pickler", "current_launch", "install_patches", "remove_patches"]
+
+_patches: List[Tuple[Any, str, Any, Any]] = []
+_active_pickler: Optional[type] = None
+_local = threading.local()
+_fork_hook_registered = False
+
+
+class _Launch:
+    """A child being started in this thread: what its launch data added up to."""
+
+    __slots__ = ("method", "child", "size")
+
+    def __init__(self, method: str, child: str) -> None:
+        self.method = method
+        self.child = child
+        self.size = 0
+
+
+def current_launch() -> Optional[_Launch]:
+    return getattr(_local, "launch", None)
+
+
+def active_pickler() -> type:
+    from ._pickler import TracingPickler
+
+    return _active_pickler or TracingPickler
+
+
+def install_patches(tracer: Any) -> None:
+    global _active_pickler, _fork_hook_registered
+    remove_patches()
+    from multiprocessing import connection, context, queues, reduction
+
+    from . import _channels, _pickler
+
+    _channels.bind()
+    cls = _pickler.pickler_class(tracer.config.pickler)
+    cls.loads = staticmethod(_pickler.traced_loads if tracer.config.unpickle else pickle.loads)
+    _active_pickler = cls
+    _patch(connection, "_ForkingPickler", cls)
+    _patch(queues, "_ForkingPickler", cls)
+    _patch(reduction, "dump", _pickler.traced_dump)
+    for klass in (context.ForkProcess, context.SpawnProcess, context.ForkServerProcess):
+        original = klass.__dict__["_Popen"]
+        _patch(klass, "_Popen", staticmethod(_popen_hook(original.__func__, klass._start_method)))
+    if not _fork_hook_registered:
+        os.register_at_fork(  # cannot be unregistered: the handlers check whether tracing runs
+            before=_tracer.flush_before_fork, after_in_child=_after_fork_in_child
+        )
+        _fork_hook_registered = True
+
+
+def remove_patches() -> None:
+    global _active_pickler
+    while _patches:
+        owner, name, original, replacement = _patches.pop()
+        current = owner.__dict__.get(name) if isinstance(owner, type) else getattr(owner, name)
+        if current is replacement:
+            setattr(owner, name, original)
+    _active_pickler = None
+    from multiprocessing import process
+
+    process._current_process._config.pop(_child.KEY, None)
+
+
+def _patch(owner: Any, name: str, replacement: Any) -> None:
+    original = owner.__dict__[name]
+    setattr(owner, name, replacement)
+    _patches.append((owner, name, original, replacement))
+
+
+def _popen_hook(original: Any, method: str) -> Any:
+    pickled = method != "fork"
+
+    def _Popen(process_obj: Any) -> Any:
+        tracer = _tracer.current
+        if tracer is None:
+            _child.detach(process_obj)
+            return original(process_obj)
+        launch = _Launch(method, process_obj.name)
+        if pickled:
+            _child.attach(process_obj, tracer.config)
+        previous = getattr(_local, "launch", None)
+        _local.launch = launch
+        start = perf_counter_ns()
+        try:
+            popen = original(process_obj)
+        finally:
+            _local.launch = previous
+        duration = perf_counter_ns() - start
+        from ._pickler import _safely
+
+        _safely(_record_start, tracer, process_obj, popen, launch, pickled, duration)
+        return popen
+
+    _Popen.__wrapped__ = original  # type: ignore[attr-defined]
+    return _Popen
+
+
+def _record_start(tracer: Any, process_obj: Any, popen: Any, launch: _Launch, pickled: bool,
+                  duration: int) -> None:
+    from ._pickler import qualified_name
+
+    rec = _tracer.base_record("process_start", launch.method)
+    rec["child"] = launch.child
+    rec["child_pid"] = getattr(popen, "pid", None)
+    rec["target"] = _target_name(process_obj, qualified_name)
+    rec["pickled"] = pickled
+    rec["size"] = launch.size if pickled else None
+    rec["duration_ns"] = duration
+    if not pickled and tracer.config.check_spawn:
+        from ._spawncheck import check_spawn
+
+        rec["spawn_check"] = check_spawn(process_obj, tracer)
+    tracer.emit(rec)
+
+
+def _target_name(process_obj: Any, qualified_name: Any) -> Optional[str]:
+    from multiprocessing.process import BaseProcess
+
+    target = getattr(process_obj, "_target", None)
+    if target is not None:
+        if callable(target) and hasattr(target, "__qualname__"):
+            return qualified_name(target)
+        t = type(target)
+        return f"{t.__module__}.{t.__qualname__}"
+    run = type(process_obj).run
+    if run is not BaseProcess.run:
+        return qualified_name(run)
+    return None
+
+
+def _after_fork_in_child() -> None:
+    global _local
+    _local = threading.local()
+    if _tracer.current is not None:
+        _tracer.after_fork_in_child()

@@ -1,0 +1,399 @@
+"""The picklers multiprocessing uses while tracing is on.
+
+``TracingPickler`` is the stdlib's ``ForkingPickler`` with a ``reducer_override`` that notes each
+function and class it saves and otherwise returns ``NotImplemented``, so it writes the very same
+bytes.  ``TracingCloudPickler`` is cloudpickle's pickler with ForkingPickler's reducers (pipes,
+sockets, locks), for functions that cannot travel by reference.  Both time the pickling, take the
+size from the bytes produced, and hand one record to the tracer; failures are recorded and
+re-raised untouched.  Data flow::
+
+    Connection.send / SimpleQueue.put / Queue feeder  -> dumps()  -> bytes to the pipe
+    popen_spawn_posix / popen_forkserver -> reduction.dump -> traced_dump() -> launch data
+                                              \\-> record (size, kind, callables, channel)
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import sys
+import types
+from multiprocessing import process as _mp_process
+from multiprocessing.reduction import ForkingPickler
+from time import perf_counter_ns, time
+from typing import Any, Dict, List, Optional, Tuple
+
+from . import _tracer
+from ._tracer import FORMAT_VERSION
+from ._channels import carrier_channel, receiver_channel
+
+__all__ = ["TracingCloudPickler", "TracingPickler", "pickler_class", "qualified_name"]
+
+# Objects the trace lists under "callables": functions, methods and classes (any metaclass).
+_CALLABLE_TYPES = frozenset(
+    {
+        types.FunctionType,
+        types.BuiltinFunctionType,
+        types.MethodType,
+        types.MethodDescriptorType,
+        types.WrapperDescriptorType,
+        types.MethodWrapperType,
+        types.ClassMethodDescriptorType,
+    }
+)
+_MAX_CALLABLES = 64
+_MAX_ERROR = 500
+
+
+class _Traced:
+    """What both tracing picklers share: ``dumps`` and the per-pickle notes."""
+
+    pickler_name = "pickle"
+    _tracedmp_refs: Optional[List[Any]] = None
+    _tracedmp_by_value: Optional[set] = None
+
+    @classmethod
+    def dumps(cls, obj: Any, protocol: Optional[int] = None) -> memoryview:
+        buf = io.BytesIO()
+        pickler = cls(buf, protocol)
+        tracer = _tracer.current
+        if tracer is None:  # tracing stopped while a carrier still held this class
+            pickler.dump(obj)
+            return buf.getbuffer()
+        refs = pickler._tracedmp_refs = []
+        start = perf_counter_ns()
+        try:
+            pickler.dump(obj)
+        except Exception as exc:
+            _safely(record_error, tracer, obj, exc, perf_counter_ns() - start,
+                    carrier_channel(sys._getframe(1)), None, None)
+            raise
+        duration = perf_counter_ns() - start
+        view = buf.getbuffer()
+        try:
+            record_pickle(tracer, obj, len(view), duration, refs, pickler._tracedmp_by_value,
+                          carrier_channel(sys._getframe(1)), None, None)
+        except Exception as exc:
+            _internal_error(exc)
+        return view
+
+
+class TracingPickler(_Traced, ForkingPickler):
+    """multiprocessing's ForkingPickler, noting the functions and classes it saves."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) in _CALLABLE_TYPES or isinstance(obj, type):
+            self._tracedmp_refs.append(obj)
+        return NotImplemented
+
+
+def _cloud_class() -> type:
+    import cloudpickle
+
+    base = cloudpickle.Pickler
+    cloud_table = base.dispatch_table  # cloudpickle's reducers over copyreg's
+
+    class TracingCloudPickler(_Traced, base):
+        """cloudpickle's Pickler with ForkingPickler's reducers; notes what went by value."""
+
+        pickler_name = "cloudpickle"
+        _extra_reducers = ForkingPickler._extra_reducers  # the very dict register() fills
+        register = ForkingPickler.register
+
+        def __init__(self, file: Any, protocol: Optional[int] = None) -> None:
+            super().__init__(file, protocol)
+            table = dict(cloud_table)
+            table.update(self._extra_reducers)
+            self.dispatch_table = table
+
+        def reducer_override(self, obj: Any) -> Any:
+            reduced = super().reducer_override(obj)
+            if type(obj) in _CALLABLE_TYPES or isinstance(obj, type):
+                self._tracedmp_refs.append(obj)
+                if reduced is not NotImplemented:  # cloudpickle saves it by value
+                    if self._tracedmp_by_value is None:
+                        self._tracedmp_by_value = set()
+                    self._tracedmp_by_value.add(id(obj))
+            return reduced
+
+    TracingCloudPickler.__module__ = __name__
+    return TracingCloudPickler
+
+
+_cloud: Optional[type] = None
+
+
+def pickler_class(name: str) -> type:
+    global _cloud
+    if name == "cloudpickle":
+        if _cloud is None:
+            _cloud = _cloud_class()
+        return _cloud
+    return TracingPickler
+
+
+def dump_untraced(obj: Any, file: Any, pickler: Optional[str] = None) -> None:
+    """Pickle ``obj`` to ``file`` with a tracing pickler class, writing no record."""
+    from . import _hooks
+
+    p = pickler_class(pickler)(file, None) if pickler else _hooks.active_pickler()(file, None)
+    p._tracedmp_refs = []
+    p.dump(obj)
+
+
+def traced_dump(obj: Any, file: Any, protocol: Optional[int] = None) -> None:
+    """Stands in for ``multiprocessing.reduction.dump`` (how spawn/forkserver send launch data)."""
+    from . import _hooks
+
+    tracer = _tracer.current
+    cls = _hooks.active_pickler()
+    if tracer is None:
+        cls(file, protocol).dump(obj)
+        return
+    launch = _hooks.current_launch()
+    counter = None
+    try:
+        before = file.tell()
+    except (AttributeError, OSError, ValueError):
+        before = None
+        file = counter = _CountingWriter(file)
+    pickler = cls(file, protocol)
+    refs = pickler._tracedmp_refs = []
+    channel = "process" if launch is not None else "reducer"
+    start = perf_counter_ns()
+    try:
+        pickler.dump(obj)
+    except Exception as exc:
+        _safely(record_error, tracer, obj, exc, perf_counter_ns() - start, channel,
+                launch and launch.method, _launch_fields(launch, obj))
+        raise
+    duration = perf_counter_ns() - start
+    size = counter.count if counter is not None else file.tell() - before
+    if launch is not None:
+        launch.size += size
+    _safely(record_pickle, tracer, obj, size, duration, refs, pickler._tracedmp_by_value,
+            channel, launch and launch.method, _launch_fields(launch, obj))
+
+
+def traced_loads(data: Any, *args: Any, **kwargs: Any) -> Any:
+    """Stands in for ``ForkingPickler.loads`` when unpickling is traced."""
+    start = perf_counter_ns()
+    obj = pickle.loads(data, *args, **kwargs)
+    duration = perf_counter_ns() - start
+    tracer = _tracer.current
+    if tracer is not None:
+        _safely(_record_unpickle, tracer, obj, data, duration, receiver_channel(sys._getframe(1)))
+    return obj
+
+
+def _record_unpickle(tracer: Any, obj: Any, data: Any, duration: int, channel: str) -> None:
+    rec = _tracer.base_record("unpickle", None)
+    rec["channel"] = channel
+    rec["size"] = memoryview(data).nbytes
+    rec["type"] = _type_name(obj)
+    rec["pickler"] = tracer.pickler
+    rec["duration_ns"] = duration
+    tracer.emit(rec)
+
+
+def record_pickle(tracer: Any, obj: Any, size: int, duration: int, refs: list,
+                  by_value: Optional[set], channel: str, start_method: Optional[str],
+                  extra: Optional[dict]) -> None:
+    if refs:
+        callables = _callables(refs, by_value)
+        kind = "reference" if refs[0] is obj and callables[0]["kind"] == "reference" else "value"
+    else:
+        callables = _NO_CALLABLES
+        kind = "value"
+    t = type(obj)
+    type_name = _type_names.get(t)
+    if type_name is None:
+        type_name = _type_name_of(t)
+    rec = {
+        "v": FORMAT_VERSION,
+        "event": "pickle",
+        "ts": time(),
+        "pid": _tracer._pid,
+        "process": _mp_process._current_process._name,
+        "start_method": start_method or _tracer.start_method_here(),
+        "seq": next(_tracer._seq),
+        "channel": channel,
+        "size": size,
+        "kind": kind,
+        "type": type_name,
+        "pickler": tracer.pickler,
+        "duration_ns": duration,
+        "callables": callables,
+    }
+    if extra:
+        rec.update(extra)
+    tracer.emit(rec)
+
+
+_NO_CALLABLES: list = []
+# Names of the types pickled, by type; bounded (dynamically created types come and go).
+_type_names: Dict[type, str] = {}
+
+
+def _type_name_of(t: type) -> str:
+    name = f"{t.__module__}.{t.__qualname__}"
+    if len(_type_names) >= _ENTRIES_LIMIT:
+        _type_names.clear()
+    _type_names[t] = name
+    return name
+
+
+def record_error(tracer: Any, obj: Any, exc: BaseException, duration: int, channel: str,
+                 start_method: Optional[str], extra: Optional[dict]) -> None:
+    from ._diagnose import diagnose
+
+    rec = _tracer.base_record("pickle_error", start_method)
+    rec["channel"] = channel
+    rec["type"] = _type_name(obj)
+    rec["pickler"] = tracer.pickler
+    rec["duration_ns"] = duration
+    message = str(exc)
+    if len(message) > _MAX_ERROR:
+        message = message[:_MAX_ERROR] + "..."
+    rec["error"] = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    path, hint = diagnose(obj, exc, tracer.pickler)
+    rec["path"] = path
+    rec["hint"] = hint
+    if extra:
+        rec.update(extra)
+    tracer.emit(rec)
+
+
+def _launch_fields(launch: Any, obj: Any) -> Optional[dict]:
+    if launch is None:
+        return None
+    part = "process_object" if isinstance(obj, _mp_process.BaseProcess) else "preparation_data"
+    return {"part": part, "child": launch.child}
+
+
+# Entries for functions and classes that travel by reference.  Such objects are importable by
+# name, so their module keeps them alive anyway: holding them here costs no memory.  Bounded.
+_entries: Dict[int, Tuple[Any, Dict[str, str]]] = {}
+_ENTRIES_LIMIT = 4096
+_CACHEABLE = (types.FunctionType, types.BuiltinFunctionType, type)
+
+
+def _entry(obj: Any, by_value: Optional[set]) -> Dict[str, str]:
+    cached = _entries.get(id(obj))
+    if cached is not None and cached[0] is obj:
+        return cached[1]
+    kind = _kind(obj, by_value)
+    entry = {"name": qualified_name(obj), "kind": kind}
+    if kind == "reference" and isinstance(obj, _CACHEABLE):
+        if len(_entries) >= _ENTRIES_LIMIT:
+            _entries.clear()
+        _entries[id(obj)] = (obj, entry)
+    return entry
+
+
+# Whole callables lists for the usual one or two by-reference objects (a Pool task names
+# mapstar and the user's function), checked by identity.
+_lists: Dict[Tuple[int, ...], Tuple[Any, Any, list]] = {}
+
+
+def _callables(refs: list, by_value: Optional[set]) -> list:
+    n = len(refs)
+    if by_value is None and n <= 2:
+        first = refs[0]
+        second = refs[1] if n == 2 else None
+        key = (id(first), id(second))
+        hit = _lists.get(key)
+        if hit is not None and hit[0] is first and hit[1] is second:
+            return hit[2]
+        entries = _dedupe(refs, None)
+        if all(isinstance(o, _CACHEABLE) and e["kind"] == "reference"
+               for o, e in zip(refs, entries)) and len(entries) == n:
+            if len(_lists) >= _ENTRIES_LIMIT:
+                _lists.clear()
+            _lists[key] = (first, second, entries)
+        return entries
+    return _dedupe(refs, by_value)
+
+
+def _dedupe(refs: list, by_value: Optional[set]) -> list:
+    out = []
+    seen = set()
+    for obj in refs:
+        entry = _entry(obj, by_value)
+        key = (entry["name"], entry["kind"])
+        if key in seen:
+            continue
+        seen.add(key)
+        if len(out) == _MAX_CALLABLES:
+            out.append({"name": "...", "kind": "truncated"})
+            break
+        out.append(entry)
+    return out
+
+
+def _kind(obj: Any, by_value: Optional[set]) -> str:
+    if by_value is not None and id(obj) in by_value:
+        return "value"
+    # A method bound to an instance travels as getattr(instance, name): the instance goes by
+    # value.  Bound to a module or a class, it is a name like any function.
+    owner = getattr(obj, "__self__", None)
+    if owner is None or isinstance(owner, (type, types.ModuleType)) or isinstance(obj, type):
+        return "reference"
+    return "value"
+
+
+def _type_name(obj: Any) -> str:
+    t = type(obj)
+    return f"{t.__module__}.{t.__qualname__}"
+
+
+def qualified_name(obj: Any) -> str:
+    """``module.qualname`` of a function, method or class, as pickle would look it up."""
+    if isinstance(obj, types.MethodType):
+        obj = obj.__func__
+    qual = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None) or "?"
+    module = getattr(obj, "__module__", None)
+    if not isinstance(module, str):
+        owner = getattr(obj, "__self__", None) or getattr(obj, "__objclass__", None)
+        if isinstance(owner, types.ModuleType):
+            module = owner.__name__
+        elif isinstance(owner, type):
+            module = owner.__module__
+        elif owner is not None:
+            module = type(owner).__module__
+        else:
+            module = "?"
+    return f"{module}.{qual}"
+
+
+class _CountingWriter:
+    __slots__ = ("_file", "count")
+
+    def __init__(self, file: Any) -> None:
+        self._file = file
+        self.count = 0
+
+    def write(self, data: Any) -> Any:
+        self.count += memoryview(data).nbytes
+        return self._file.write(data)
+
+
+_warned = False
+
+
+def _safely(fn: Any, *args: Any) -> None:
+    # Tracing must never change what the program sees: a bug here costs a record, not a run.
+    try:
+        fn(*args)
+    except Exception as exc:
+        _internal_error(exc)
+
+
+def _internal_error(exc: Exception) -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        try:
+            sys.stderr.write(f"tracedmp: internal error, a record was dropped: {exc!r}\n")
+        except Exception:
+            pass

@@ -1,0 +1,139 @@
+"""Append whole JSON lines to one trace file, from any number of processes at once.
+
+Each ``os.write`` goes to a descriptor opened with ``O_APPEND``: the kernel puts every write at
+the end of the file as one unit, so lines from concurrent processes never interleave.
+
+Children write each record as it is made: a Pool terminates its workers with SIGTERM, and a
+record must not die with them.  The main process, which nothing in multiprocessing kills, keeps
+up to 64 KiB or 50 ms of records and writes them in one go (appends from many processes to one
+file contend for its inode lock: batching halves the cost of tracing a Pool's tasks).  It writes
+them out before every fork, when tracing stops, and at exit after multiprocessing's own exit
+handlers, then writes through.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from time import monotonic
+
+from ._errors import TraceFileError
+
+__all__ = ["TraceFile"]
+
+_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+
+
+class TraceFile:
+    """A trace file shared by every process of a program.
+
+    The descriptor is opened on first use in each process that did not inherit it (exec'd
+    children reopen by path; forked children share the parent's).  A write that fails stops
+    tracing in that process with one warning: the traced program never sees the error.
+    """
+
+    __slots__ = ("path", "_fd", "failed", "_buffer", "_size", "_since", "_lock")
+
+    BUFFER_BYTES = 64 * 1024
+    BUFFER_SECONDS = 0.05
+
+    def __init__(self, path: str, *, buffered: bool = False) -> None:
+        self.path = path
+        self._fd = -1
+        self.failed = False
+        self._buffer: "list[bytes] | None" = [] if buffered else None
+        self._size = 0
+        self._since = 0.0
+        # Re-entrant: a signal handler that sends something may write while its thread holds it.
+        self._lock = threading.RLock()
+
+    def open(self) -> None:
+        """Open (creating) the file now; raise :class:`TraceFileError` naming the path if not."""
+        if self._fd >= 0:
+            return
+        try:
+            # 0o666: the user's umask decides, as for any file the program creates.
+            self._fd = os.open(self.path, _FLAGS, 0o666)
+        except OSError as exc:
+            raise TraceFileError(
+                f"cannot write the trace file {self.path!r}: {exc.strerror}; "
+                "set TRACEDMP_TRACE (or configure(trace=...)) to a writable path, "
+                "or TRACEDMP_TRACE=off to turn tracing off"
+            ) from exc
+
+    def write(self, line: bytes) -> None:
+        buffer = self._buffer
+        if buffer is None:
+            self._write(line)
+            return
+        with self._lock:
+            if not buffer:
+                self._since = monotonic()
+            buffer.append(line)
+            self._size += len(line)
+            if self._size >= self.BUFFER_BYTES or monotonic() - self._since >= self.BUFFER_SECONDS:
+                self._flush_locked()
+
+    def flush(self, *, then_write_through: bool = False) -> None:
+        """Write out what is buffered; optionally stop buffering (at exit)."""
+        if self._buffer is None:
+            return
+        with self._lock:
+            self._flush_locked()
+            if then_write_through:
+                self._buffer = None
+
+    def after_fork_in_child(self) -> None:
+        # The parent keeps (and writes) its own buffer; a child writes through.
+        self._buffer = None
+        self._size = 0
+        self._lock = threading.RLock()
+
+    def _flush_locked(self) -> None:
+        buffer = self._buffer
+        if buffer:
+            n = len(buffer)
+            data = b"".join(buffer) if n > 1 else buffer[0]
+            del buffer[:n]  # lines a signal handler added meanwhile stay
+            self._size = 0
+            self._write(data)
+
+    def _write(self, line: bytes) -> None:
+        if self._fd < 0:
+            if self.failed:
+                return
+            try:
+                self.open()
+            except TraceFileError as exc:
+                self._fail(str(exc))
+                return
+        try:
+            written = os.write(self._fd, line)
+            while written < len(line):  # only on a full disk or a size limit
+                written += os.write(self._fd, line[written:])
+        except OSError as exc:
+            self._fail(f"cannot write the trace file {self.path!r}: {exc}")
+
+    def close(self) -> None:
+        self.flush()
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _fail(self, message: str) -> None:
+        self._buffer = None
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.failed = True
+        try:
+            sys.stderr.write(f"tracedmp: {message}; tracing stopped in process {os.getpid()}\n")
+        except Exception:  # stderr may be closed too; the program must not notice
+            pass

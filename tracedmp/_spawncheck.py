@@ -1,0 +1,54 @@
+"""Would this fork-started process also start under spawn or forkserver?
+
+Pickles the process object and the preparation data exactly as spawn would (with a stand-in
+for the spawning Popen, so pipes and locks reduce as they would for a real child) and reports
+the outcome.  The child already runs by then: the check never changes how the program runs.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Dict
+
+__all__ = ["check_spawn"]
+
+
+class _WouldBePopen:
+    """What reducers ask of the spawning Popen; duplicates nothing."""
+
+    def duplicate_for_child(self, fd: int) -> int:
+        return fd
+
+    @staticmethod
+    def DupFd(fd: int) -> Any:
+        from multiprocessing.popen_spawn_posix import _DupFd
+
+        return _DupFd(fd)
+
+
+def check_spawn(process_obj: Any, tracer: Any) -> Dict[str, Any]:
+    from multiprocessing import context, spawn
+
+    from ._diagnose import diagnose
+    from ._pickler import dump_untraced
+    previous = context.get_spawning_popen()
+    context.set_spawning_popen(_WouldBePopen())
+    try:
+        size = 0
+        for part in (spawn.get_preparation_data(process_obj._name), process_obj):
+            buf = io.BytesIO()
+            try:
+                dump_untraced(part, buf)
+            except Exception as exc:
+                path, hint = diagnose(part, exc, tracer.pickler)
+                message = str(exc)[:500]
+                return {
+                    "would_pickle": False,
+                    "error": f"{type(exc).__name__}: {message}" if message else type(exc).__name__,
+                    "path": path,
+                    "hint": hint,
+                }
+            size += buf.tell()
+        return {"would_pickle": True, "size": size}
+    finally:
+        context.set_spawning_popen(previous)
