@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Dict, Tuple
 
-__all__ = ["bind", "carrier_channel", "receiver_channel", "reset_after_fork"]
+__all__ = ["bind", "carrier_channel", "pool_start_method", "receiver_channel", "reset_after_fork"]
 
 _send: Tuple[Any, Any] = (None, None)  # Connection.send, SimpleQueue.put
 _recv: Tuple[Any, Any, Any] = (None, None, None)  # Connection.recv, SimpleQueue.get, Queue.get
@@ -106,6 +106,22 @@ def _feeder_channel(frame: Any) -> str:
             pass
         _local.feed_channel = channel
     return channel
+
+
+def pool_start_method(frame: Any) -> Any:
+    """Start method of the Pool whose task-handler thread runs ``frame``'s caller, else None."""
+    # The handler thread serves one Pool for its whole life: look at its workers once.
+    method = getattr(_local, "pool_method", False)
+    if method is False:
+        method = None
+        try:
+            workers = frame.f_back.f_locals.get("pool") or ()
+            if workers:
+                method = getattr(type(workers[0]), "_start_method", None)
+        except Exception:
+            pass
+        _local.pool_method = method
+    return method
 
 
 def reset_after_fork() -> None:

@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from . import _tracer
 from ._tracer import FORMAT_VERSION
-from ._channels import carrier_channel, receiver_channel
+from ._channels import carrier_channel, pool_start_method, receiver_channel
 
 __all__ = ["TracingCloudPickler", "TracingPickler", "pickler_class", "qualified_name"]
 
@@ -71,8 +71,11 @@ class _Traced:
         duration = perf_counter_ns() - start
         view = buf.getbuffer()
         try:
+            frame = sys._getframe(1)
+            channel = carrier_channel(frame)
             record_pickle(tracer, obj, len(view), duration, refs, pickler._tracedmp_by_value,
-                          carrier_channel(sys._getframe(1)), None, None)
+                          channel, pool_start_method(frame) if channel == "pool.task" else None,
+                          None)
         except Exception as exc:
             _internal_error(exc)
         return view
@@ -88,23 +91,38 @@ class TracingPickler(_Traced, ForkingPickler):
 
 
 def _cloud_class() -> type:
+    import copyreg
+
     import cloudpickle
 
     base = cloudpickle.Pickler
-    cloud_table = base.dispatch_table  # cloudpickle's reducers over copyreg's
+    cloud_table = base.dispatch_table  # cloudpickle's reducers over copyreg's (a ChainMap)
+    merged: Dict[Tuple[int, int, int], dict] = {}
+
+    def table() -> dict:
+        # ForkingPickler's reducers (pipes, sockets, methods) win, as in the stdlib pickler.
+        # register() only ever adds, so the sizes tell whether the merge is current.
+        extra = ForkingPickler._extra_reducers
+        key = (len(copyreg.dispatch_table), len(cloud_table), len(extra))
+        current = merged.get(key)
+        if current is None:
+            current = dict(cloud_table)
+            current.update(extra)
+            merged.clear()
+            merged[key] = current
+        return current
 
     class TracingCloudPickler(_Traced, base):
         """cloudpickle's Pickler with ForkingPickler's reducers; notes what went by value."""
 
         pickler_name = "cloudpickle"
-        _extra_reducers = ForkingPickler._extra_reducers  # the very dict register() fills
         register = ForkingPickler.register
 
-        def __init__(self, file: Any, protocol: Optional[int] = None) -> None:
-            super().__init__(file, protocol)
-            table = dict(cloud_table)
-            table.update(self._extra_reducers)
-            self.dispatch_table = table
+        # cloudpickle's class attribute hides the C pickler's dispatch_table slot, so an
+        # assignment in __init__ would not reach the C code: it reads this once per pickler.
+        @property
+        def dispatch_table(self) -> dict:
+            return table()
 
         def reducer_override(self, obj: Any) -> Any:
             reduced = super().reducer_override(obj)

@@ -194,6 +194,7 @@ def activate(config: Optional[_config.Config] = None, *, main: bool = True) -> "
             pickler=cfg.pickler,
         )
         tracer.emit(rec)
+        tracer.sink.flush()  # first in the file, before any child can write
     if announce:
         sys.stderr.write(
             f"tracedmp: tracing to {cfg.trace} "

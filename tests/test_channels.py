@@ -1,0 +1,246 @@
+"""One record per pickle that crosses a process boundary, on every channel, start method, side."""
+
+import json
+import os
+import sys
+
+import pytest
+
+from conftest import METHODS
+
+PRELUDE = """
+import json, os, sys
+import tracedmp as multiprocessing
+from multiprocessing.reduction import ForkingPickler
+
+def size(obj):
+    return len(ForkingPickler.dumps(obj))
+
+def work(x):
+    return x * 2
+
+class Payload:
+    def __init__(self, n):
+        self.items = list(range(n))
+"""
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_pool_tasks_and_results_from_parent_and_workers(run_program, method):
+    run = run_program(PRELUDE + """
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context(sys.argv[1])
+    with ctx.Pool(2) as pool:
+        out = pool.map(work, range(6), chunksize=1)
+        out2 = pool.starmap(divmod, [(7, 2)])
+        pool.apply_async(work, (3,)).get(timeout=30)
+        list(pool.imap_unordered(work, range(3)))
+    from multiprocessing import pool as mpool
+    print(json.dumps({"out": out, "pid": os.getpid(), "task_size": size(
+        (0, 0, mpool.mapstar, ((work, (0,)),), {}))}))
+""", method)
+    assert run.returncode == 0, run.stderr
+    out = run.output()
+    assert out["out"] == [0, 2, 4, 6, 8, 10]
+    tasks = run.events("pickle", channel="pool.task")
+    results = run.events("pickle", channel="pool.result")
+    assert len([t for t in tasks if t["type"] == "builtins.tuple"]) >= 6 + 1 + 3
+    assert {t["pid"] for t in tasks} == {out["pid"]}
+    assert {t["start_method"] for t in tasks} == {method}
+    assert len(results) >= 6 + 1 + 3
+    assert out["pid"] not in {r["pid"] for r in results}
+    assert {r["start_method"] for r in results} == {method}
+    assert all(r["process"].endswith(tuple("0123456789")) and "PoolWorker" in r["process"]
+               for r in results)
+    first = next(t for t in tasks if t["type"] == "builtins.tuple")
+    assert first["size"] == out["task_size"]
+    assert first["kind"] == "value"
+    assert first["callables"] == [
+        {"name": "multiprocessing.pool.mapstar", "kind": "reference"},
+        {"name": "__main__.work", "kind": "reference"},
+    ]
+    starmap = [t for t in tasks if any(c["name"] == "builtins.divmod" for c in t["callables"])]
+    assert starmap and starmap[0]["callables"][0]["name"] == "multiprocessing.pool.starmapstar"
+    for r in tasks + results:
+        assert r["pickler"] == "pickle" and r["duration_ns"] > 0 and r["v"] == 1
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_process_launch_is_pickled_under_spawn_and_forkserver_only(run_program, method):
+    run = run_program(PRELUDE + """
+def target(data, flag=None):
+    pass
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context(sys.argv[1])
+    p = ctx.Process(target=target, args=(Payload(50),), kwargs={"flag": True}, name="child-1")
+    p.start()
+    p.join()
+    print(json.dumps({"exitcode": p.exitcode, "pid": p.pid}))
+""", method)
+    assert run.returncode == 0, run.stderr
+    out = run.output()
+    assert out["exitcode"] == 0
+    [start] = run.events("process_start", child="child-1")
+    assert start["target"] == "__main__.target"
+    assert start["child_pid"] == out["pid"]
+    assert start["start_method"] == method
+    launch = run.events("pickle", channel="process")
+    if method == "fork":
+        assert start["pickled"] is False and start["size"] is None
+        assert launch == []
+    else:
+        assert start["pickled"] is True
+        parts = {r["part"]: r for r in launch}
+        assert set(parts) == {"preparation_data", "process_object"}
+        assert parts["preparation_data"]["type"] == "builtins.dict"
+        obj = parts["process_object"]
+        assert obj["type"] == f"multiprocessing.context.{ {'spawn': 'Spawn', 'forkserver': 'ForkServer'}[method]}Process"
+        names = {c["name"]: c["kind"] for c in obj["callables"]}
+        assert names["__main__.target"] == "reference"
+        assert names["__main__.Payload"] == "reference"
+        assert start["size"] == sum(r["size"] for r in launch)
+        assert all(r["child"] == "child-1" and r["start_method"] == method for r in launch)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_queues_pipes_from_parent_and_child(run_program, method):
+    run = run_program(PRELUDE + """
+def child(q, jq, sq, conn, report):
+    q.put(["from", "child"])
+    jq.put({"job": 1})
+    sq.put(("simple",))
+    conn.send(Payload(5))
+    with open(report, "w") as f:  # what plain multiprocessing would send, seen in the child
+        json.dump([size(["from", "child"]), size({"job": 1}), size(("simple",)), size(Payload(5))], f)
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context(sys.argv[1])
+    q, jq, sq = ctx.Queue(), ctx.JoinableQueue(), ctx.SimpleQueue()
+    a, b = ctx.Pipe()
+    p = ctx.Process(target=child, args=(q, jq, sq, b, "sizes.json"))
+    p.start()
+    got = [q.get(timeout=30), jq.get(timeout=30), sq.get(), a.recv().items]
+    jq.task_done()
+    q.put("parent-put")
+    assert q.get(timeout=30) == "parent-put"
+    p.join()
+    print(json.dumps({"child": p.pid, "parent": os.getpid(), "got": got,
+                      "sizes": json.load(open("sizes.json"))}))
+""", method)
+    assert run.returncode == 0, run.stderr
+    out = run.output()
+    assert out["got"] == [["from", "child"], {"job": 1}, ["simple"], [0, 1, 2, 3, 4]]
+    child = [r for r in run.events("pickle") if r["pid"] == out["child"]]
+    # A spawned child re-imports the main module as __mp_main__: its classes are named so.
+    by_type = {r["type"].replace("__mp_main__.", "__main__."): r for r in child}
+    assert by_type["builtins.list"]["channel"] == "queue"
+    assert by_type["builtins.dict"]["channel"] == "queue"
+    assert by_type["builtins.tuple"]["channel"] == "queue"
+    assert by_type["__main__.Payload"]["channel"] == "pipe"
+    assert [by_type[t]["size"] for t in ("builtins.list", "builtins.dict", "builtins.tuple",
+                                          "__main__.Payload")] == out["sizes"]
+    assert [c["name"].replace("__mp_main__.", "__main__.")
+            for c in by_type["__main__.Payload"]["callables"]] == ["__main__.Payload"]
+    assert all(r["start_method"] == method for r in child)
+    parent_put = [r for r in run.events("pickle", channel="queue") if r["pid"] == out["parent"]]
+    assert [r["type"] for r in parent_put] == ["builtins.str"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_manager_traffic_from_client_and_server(run_program, method):
+    run = run_program(PRELUDE + """
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context(sys.argv[1])
+    with ctx.Manager() as m:
+        d = m.dict()
+        d["k"] = [1, 2, 3]
+        value = d["k"]
+        server_pid = m._process.pid
+    print(json.dumps({"value": value, "server": server_pid, "parent": os.getpid()}))
+""", method)
+    assert run.returncode == 0, run.stderr
+    out = run.output()
+    assert out["value"] == [1, 2, 3]
+    manager = run.events("pickle", channel="manager")
+    pids = {r["pid"] for r in manager}
+    assert out["parent"] in pids and out["server"] in pids
+    [start] = [r for r in run.events("process_start") if r["child_pid"] == out["server"]]
+    assert start["target"].endswith("BaseManager._run_server")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_process_pool_executor_with_a_tracedmp_context(run_program, method):
+    run = run_program(PRELUDE + """
+import concurrent.futures
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context(sys.argv[1])
+    with concurrent.futures.ProcessPoolExecutor(2, mp_context=ctx) as ex:
+        out = list(ex.map(work, range(5)))
+    print(json.dumps({"out": out, "parent": os.getpid()}))
+""", method)
+    assert run.returncode == 0, run.stderr
+    out = run.output()
+    assert out["out"] == [0, 2, 4, 6, 8]
+    calls = run.events("pickle", channel="executor.call")
+    results = run.events("pickle", channel="executor.result")
+    assert {r["pid"] for r in calls} == {out["parent"]}
+    assert any("__main__.work" in [c["name"] for c in r["callables"]] for r in calls)
+    assert results and out["parent"] not in {r["pid"] for r in results}
+
+
+def test_unpickling_is_traced_on_request(run_program):
+    run = run_program(PRELUDE + """
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        pool.map(work, range(3), chunksize=1)
+    a, b = ctx.Pipe()
+    a.send("hi")
+    b.recv()
+""", env={"TRACEDMP_UNPICKLE": "1"})
+    assert run.returncode == 0, run.stderr
+    loads = run.events("unpickle")
+    channels = {r["channel"] for r in loads}
+    assert {"pool.task", "pool.result", "pipe"} <= channels
+    pipe = [r for r in loads if r["channel"] == "pipe"]
+    assert pipe[0]["type"] == "builtins.str" and pipe[0]["size"] == len(
+        __import__("pickle").dumps("hi", protocol=4))
+
+
+def test_trace_start_record_and_contract_fields(run_program):
+    run = run_program(PRELUDE + """
+if __name__ == "__main__":
+    a, b = multiprocessing.Pipe()
+    a.send(1); b.recv()
+""")
+    assert run.returncode == 0, run.stderr
+    first = run.records[0]
+    assert first["event"] == "trace_start" and first["tracedmp"] and first["program"] == "prog.py"
+    for r in run.records:
+        for key in ("v", "event", "ts", "pid", "process", "start_method", "seq"):
+            assert key in r, (key, r)
+        assert r["start_method"] in ("fork", "spawn", "forkserver")
+    seqs = [r["seq"] for r in run.records]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
+def test_trace_never_holds_authkey_or_contents(run_program):
+    secret = "S3CR3T-payload-text"
+    run = run_program(PRELUDE + f"""
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context("spawn")
+    q = ctx.Queue()
+    q.put({secret!r})
+    q.get(timeout=30)
+    with ctx.Manager() as m:
+        m.list([{secret!r}])
+    print(json.dumps({{"authkey": bytes(multiprocessing.current_process().authkey).hex()}}))
+""")
+    assert run.returncode == 0, run.stderr
+    with open(run.trace, "rb") as f:
+        text = f.read()
+    authkey = bytes.fromhex(run.output()["authkey"])
+    assert secret.encode() not in text
+    assert authkey not in text and authkey.hex().encode() not in text

@@ -1,0 +1,199 @@
+"""Pickling failures: the program sees exactly what plain multiprocessing gives; the trace says
+what failed, where it sits in the object, and how to fix it."""
+
+import pytest
+
+from conftest import METHODS
+
+FAILING = """
+import json, re, sys, threading
+import multiprocessing as plain
+if sys.argv[2] == "traced":
+    import tracedmp as multiprocessing
+else:
+    multiprocessing = plain
+
+class Refuses:
+    def __reduce__(self):
+        raise ValueError("Refuses will not be pickled")
+
+def work(x):
+    return x
+
+def outcome(fn):
+    try:
+        return ["ok", repr(fn())]
+    except BaseException as e:
+        return [type(e).__module__ + "." + type(e).__qualname__,
+                re.sub(" at 0x[0-9a-f]+", "", str(e))]
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context(sys.argv[1])
+    out = {}
+    with ctx.Pool(1) as pool:
+        out["pool_lambda"] = outcome(lambda: pool.map(lambda x: x, [1]))
+        out["pool_lock_arg"] = outcome(lambda: pool.apply(work, ({"lock": threading.Lock()},)))
+        out["pool_result_fails"] = outcome(lambda: pool.apply(Refuses))
+        out["pool_still_works"] = outcome(lambda: pool.map(work, [1, 2]))
+    def start_local():
+        def local_target():
+            pass
+        p = ctx.Process(target=local_target)
+        p.start()
+        p.join()
+        return p.exitcode
+    out["process_local"] = outcome(start_local)
+    a, b = ctx.Pipe()
+    nested = [[[[{"deep": [Refuses()]}]]]]
+    out["pipe_nested"] = outcome(lambda: a.send(nested))
+    deep = []
+    for _ in range(100_000):
+        deep = [deep]
+    out["pipe_recursion"] = outcome(lambda: a.send(deep))
+    print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_failures_match_plain_multiprocessing(run_program, method):
+    plain = run_program(FAILING, method, "plain", env={"TRACEDMP_TRACE": "off"})
+    traced = run_program(FAILING, method, "traced")
+    assert plain.returncode == traced.returncode == 0, (plain.stderr, traced.stderr)
+    expected, got = plain.output(), traced.output()
+    assert got == expected
+    assert got["pool_still_works"] == ["ok", "[1, 2]"]
+    if method != "fork":
+        assert got["process_local"][0] != "ok"
+
+    errors = traced.events("pickle_error")
+    by_channel = {}
+    for e in errors:
+        by_channel.setdefault(e["channel"], []).append(e)
+
+    [lam] = [e for e in by_channel["pool.task"] if "lambda" in e["error"]]
+    assert lam["hint"].startswith("a lambda cannot travel by reference")
+    assert lam["path"] is not None and lam["path"].startswith("[3]")
+
+    [lock] = [e for e in by_channel["pool.task"] if "lock" in e["error"]]
+    assert lock["error"] == "TypeError: cannot pickle '_thread.lock' object"
+    assert lock["path"].endswith("['lock']")
+    assert lock["hint"].startswith("a lock cannot be sent to another process")
+
+    [result] = by_channel["pool.result"]
+    assert result["error"] == "ValueError: Refuses will not be pickled"
+    assert result["process"] != "MainProcess"
+
+    nested = [e for e in by_channel["pipe"] if e["type"] == "builtins.list"
+              and e["error"].startswith("ValueError")]
+    assert nested[0]["path"] == "[0][0][0][0]['deep'][0]"
+
+    recursion = [e for e in by_channel["pipe"] if "recursion" in e["error"]]
+    assert recursion and recursion[0]["hint"].startswith("the object nests too deeply")
+
+    if method == "fork":
+        assert "process" not in by_channel
+    else:
+        [proc] = by_channel["process"]
+        assert proc["part"] == "process_object"
+        assert proc["path"] == "target"
+        assert "defined inside another function" in proc["hint"]
+
+
+def test_queue_feeder_failure_behaves_like_the_stdlib(run_program):
+    code = """
+import sys, threading, time
+if sys.argv[1] == "traced":
+    import tracedmp as multiprocessing
+else:
+    import multiprocessing
+q = multiprocessing.get_context("fork").Queue()
+q.put({"ok": 1})
+q.put({"lock": threading.Lock()})
+q.put({"ok": 2})
+print(q.get(timeout=10), q.get(timeout=10))
+"""
+    plain = run_program(code, "plain", env={"TRACEDMP_TRACE": "off"})
+    traced = run_program(code, "traced")
+    assert plain.stdout == traced.stdout == "{'ok': 1} {'ok': 2}\n"
+    assert "TypeError: cannot pickle '_thread.lock' object" in plain.stderr
+    assert "TypeError: cannot pickle '_thread.lock' object" in traced.stderr
+    [err] = traced.events("pickle_error")
+    assert err["channel"] == "queue" and err["path"] == "['lock']"
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_cloudpickle_sends_lambdas_and_closures_by_value(run_program, method):
+    run = run_program("""
+import json, sys
+import tracedmp as multiprocessing
+
+def module_level(x):
+    return x + 1
+
+def make_closure(data):
+    def f(x):
+        return x + len(data)
+    return f
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context(sys.argv[1])
+    big = b"x" * 1_000_000
+    with ctx.Pool(2) as pool:
+        a = pool.map(lambda x: x * 3, range(4), chunksize=1)
+        b = pool.map(make_closure(big), range(3), chunksize=1)
+        c = pool.map(module_level, range(3))
+        e = pool.map(json.dumps, range(2))
+    q = ctx.Queue()
+    p = ctx.Process(target=lambda: q.put("from a lambda target"))
+    p.start()
+    d = q.get(timeout=30)
+    p.join()
+    print(json.dumps([a, b, c, d, e]))
+""", method, env={"TRACEDMP_PICKLER": "cloudpickle"})
+    assert run.returncode == 0, run.stderr
+    assert run.output() == [[0, 3, 6, 9], [1000000, 1000001, 1000002], [1, 2, 3],
+                            "from a lambda target", ["0", "1"]]
+    tasks = run.events("pickle", channel="pool.task")
+    assert {r["pickler"] for r in run.events("pickle")} == {"cloudpickle"}
+    lam = [t for t in tasks if {"name": "__main__.<lambda>", "kind": "value"} in t["callables"]]
+    assert len(lam) == 4
+    closure = [t for t in tasks if any(c["name"] == "__main__.make_closure.<locals>.f"
+                                       and c["kind"] == "value" for c in t["callables"])]
+    assert len(closure) == 3 and all(t["size"] >= 1_000_000 for t in closure)
+    # cloudpickle sends __main__'s functions by value (the child may not have them)...
+    main_fn = [t for t in tasks if {"name": "__main__.module_level", "kind": "value"}
+               in t["callables"]]
+    assert main_fn
+    # ...and importable ones by reference, as small as with pickle.
+    ref = [t for t in tasks if {"name": "json.dumps", "kind": "reference"} in t["callables"]]
+    assert ref and all(t["size"] < 200 for t in ref)
+    results = run.events("pickle", channel="queue")
+    assert [r["pickler"] for r in results] == ["cloudpickle"]
+
+
+def test_check_spawn_reports_what_spawn_would_do(run_program):
+    run = run_program("""
+import threading
+import tracedmp as multiprocessing
+
+def target(arg):
+    pass
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context("fork")
+    for name, arg in (("fine", {"n": 1}), ("locked", {"lock": threading.Lock()})):
+        p = ctx.Process(target=target, args=(arg,), name=name)
+        p.start()
+        p.join()
+        assert p.exitcode == 0
+""", env={"TRACEDMP_CHECK_SPAWN": "1"})
+    assert run.returncode == 0, run.stderr
+    starts = {r["child"]: r for r in run.events("process_start")}
+    fine, locked = starts["fine"]["spawn_check"], starts["locked"]["spawn_check"]
+    assert fine["would_pickle"] is True and fine["size"] > 100
+    assert locked["would_pickle"] is False
+    assert locked["path"] == "args[0]['lock']"
+    assert locked["error"] == "TypeError: cannot pickle '_thread.lock' object"
+    assert locked["hint"].startswith("a lock cannot be sent")
+    assert all(r["pickled"] is False for r in starts.values())
+    assert not run.events("pickle", channel="process")

@@ -1,0 +1,100 @@
+"""The trace file: whole lines from many writers, and write failures that never reach the program."""
+
+import json
+import os
+import stat
+
+import pytest
+
+from tracedmp._sink import TraceFile
+
+WRITERS = """
+import os, sys
+import tracedmp as multiprocessing
+
+def writer(n, size):
+    a, b = multiprocessing.Pipe()
+    payload = "x" * size
+    for i in range(n):
+        a.send((os.getpid(), i, payload))
+        b.recv()
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=writer, args=(int(sys.argv[1]), 50 + 300 * k))
+             for k in range(int(sys.argv[2]))]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    print([p.exitcode for p in procs])
+"""
+
+
+def test_concurrent_writers_never_tear_lose_or_duplicate_lines(run_program):
+    per_writer, writers = 2000, 8
+    run = run_program(WRITERS, str(per_writer), str(writers))
+    assert run.returncode == 0, run.stderr
+    with open(run.trace, "rb") as f:
+        lines = f.read().split(b"\n")
+    assert lines[-1] == b""
+    records = [json.loads(line) for line in lines[:-1]]  # any torn line fails here
+    pipe = [r for r in records if r["event"] == "pickle" and r["channel"] == "pipe"]
+    by_pid = {}
+    for r in pipe:
+        by_pid.setdefault(r["pid"], []).append(r["seq"])
+    assert len(by_pid) == writers
+    for seqs in by_pid.values():
+        assert sorted(seqs) == list(range(per_writer))  # none lost, none twice
+
+
+def test_trace_file_respects_the_umask(tmp_path):
+    old = os.umask(0o077)
+    try:
+        sink = TraceFile(str(tmp_path / "t.jsonl"))
+        sink.write(b"{}\n")
+        sink.close()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "t.jsonl").st_mode) == 0o600
+
+
+def test_a_full_disk_stops_tracing_not_the_program(run_program):
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    run = run_program("""
+import tracedmp as multiprocessing
+ctx = multiprocessing.get_context("fork")
+with ctx.Pool(2) as pool:
+    print(sum(pool.map(abs, range(-50, 50), chunksize=1)))
+""", env={"TRACEDMP_TRACE": "/dev/full"})
+    assert run.returncode == 0
+    assert run.stdout == "2500\n"
+    assert "No space left on device" in run.stderr and "tracing stopped in process" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_buffered_main_process_writes_everything_by_exit(run_program):
+    run = run_program("""
+import tracedmp as multiprocessing
+a, b = multiprocessing.Pipe()
+for i in range(3000):
+    a.send(i)
+    b.recv()
+""")
+    assert run.returncode == 0, run.stderr
+    assert [r["seq"] for r in run.events("pickle")] == list(range(1, 3001))
+
+
+def test_records_of_terminated_pool_workers_are_kept(run_program):
+    run = run_program("""
+import tracedmp as multiprocessing
+def work(x):
+    return x
+if __name__ == "__main__":
+    with multiprocessing.get_context("fork").Pool(2) as pool:  # __exit__ terminates workers
+        pool.map(work, range(500), chunksize=1)
+""")
+    assert run.returncode == 0, run.stderr
+    assert len(run.events("pickle", channel="pool.result")) == 500
+    assert len(run.events("pickle", channel="pool.task")) >= 500
