@@ -11,7 +11,7 @@ import tracedmp
 OURS = {
     "FORMAT_VERSION", "Config", "ConfigError", "TraceFileError", "TraceFormatError",
     "TracedmpError", "__version__", "configure", "get_config", "install", "is_tracing",
-    "reset_config", "uninstall",
+    "reset_config", "uninstall", "Record", "Trace", "read_trace", "summarize",
 }
 # Names that start tracing before calling the stdlib (everything else is the stdlib's object).
 ACTIVATING = {

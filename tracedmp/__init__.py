@@ -55,6 +55,8 @@ from ._api import (
 )
 from ._config import Config, configure, get_config, reset_config
 from ._errors import ConfigError, TraceFileError, TraceFormatError, TracedmpError
+from ._reader import Record, Trace, read_trace
+from ._report import summarize
 from ._tracer import FORMAT_VERSION, install, is_tracing, uninstall
 from ._version import __version__
 
@@ -107,9 +109,13 @@ __all__ = [
     "__version__",
     "configure",
     "get_config",
+    "Record",
+    "Trace",
     "install",
     "is_tracing",
+    "read_trace",
     "reset_config",
+    "summarize",
     "uninstall",
 ]
 

@@ -108,20 +108,29 @@ def _feeder_channel(frame: Any) -> str:
     return channel
 
 
-def pool_start_method(frame: Any) -> Any:
-    """Start method of the Pool whose task-handler thread runs ``frame``'s caller, else None."""
-    # The handler thread serves one Pool for its whole life: look at its workers once.
-    method = getattr(_local, "pool_method", False)
-    if method is False:
-        method = None
-        try:
-            workers = frame.f_back.f_locals.get("pool") or ()
-            if workers:
-                method = getattr(type(workers[0]), "_start_method", None)
-        except Exception:
-            pass
-        _local.pool_method = method
-    return method
+def pool_start_method(frame: Any, channel: str) -> Any:
+    """Start method of the Pool whose code called ``frame``'s function, if it can be told."""
+    if channel == "pool.task":
+        # The task-handler thread serves one Pool for its whole life: look once per thread.
+        method = getattr(_local, "pool_method", False)
+        if method is False:
+            method = _start_method_of_workers(frame.f_back)
+            _local.pool_method = method
+        return method
+    return _start_method_of_workers(frame.f_back)  # rare control messages: look every time
+
+
+def _start_method_of_workers(caller: Any) -> Any:
+    try:
+        local = caller.f_locals
+        workers = local.get("pool")
+        if not isinstance(workers, list):
+            workers = getattr(local.get("self"), "_pool", None)
+        if workers:
+            return getattr(type(workers[0]), "_start_method", None)
+    except Exception:
+        pass
+    return None
 
 
 def reset_after_fork() -> None:

@@ -53,7 +53,158 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-m", dest="module", metavar="MODULE", help="run a module as a script")
     run.add_argument("program", nargs=argparse.REMAINDER, metavar="SCRIPT [ARGS...]")
     run.set_defaults(func=_run)
+
+    report = sub.add_parser(
+        "report", help="summarize a trace: totals, breakdowns, largest pickles, errors, findings",
+        description="Summarize a trace in one streaming pass.")
+    report.add_argument("trace", metavar="TRACE", help="a trace file (JSON Lines)")
+    report.add_argument("--json", action="store_true", help="print the summary as JSON")
+    report.add_argument("--top", type=_positive, default=10, metavar="N",
+                        help="rows in the top-N tables (default 10)")
+    report.add_argument("--channel", help="only records of this channel (e.g. pool.task)")
+    report.add_argument("--pid", type=int, help="only records of this process id")
+    report.set_defaults(func=_report)
+
+    timeline = sub.add_parser(
+        "timeline", help="write a trace as Chrome Trace Event JSON (Perfetto, chrome://tracing)",
+        description="One track per process, one slice per pickle (its duration), sizes in the "
+        "slice arguments.  Open the output at ui.perfetto.dev or chrome://tracing.")
+    timeline.add_argument("trace", metavar="TRACE")
+    timeline.add_argument("-o", "--output", metavar="OUT",
+                          help="output file (default: TRACE with .timeline.json)")
+    timeline.set_defaults(func=_timeline)
+
+    explain = sub.add_parser(
+        "explain", help="show what is inside one pickle, as a tree",
+        description="Pickle a Python expression as multiprocessing would (modules named in it "
+        "are imported) and show each object in it: how many bytes, by reference or by value.  "
+        "Given a file instead, explain the pickle in it without unpickling it.")
+    explain.add_argument("target", metavar="EXPR_OR_FILE",
+                         help="an expression such as 'mymod.work' or '[mymod.work, 1]', or a "
+                         "file holding a pickle")
+    explain.add_argument("--pickler", choices=("pickle", "cloudpickle"), default="pickle")
+    explain.add_argument("--depth", type=_positive, default=8, help="levels shown (default 8)")
+    explain.add_argument("--json", action="store_true", help="print the tree as JSON")
+    explain.set_defaults(func=_explain)
     return parser
+
+
+def _timeline(args: argparse.Namespace) -> int:
+    from ._timeline import write_timeline
+
+    out_path = args.output or (os.path.splitext(args.trace)[0] + ".timeline.json")
+    tmp = out_path + ".part"
+    try:
+        with open(tmp, "w") as out:
+            count = write_timeline(args.trace, out)
+        os.replace(tmp, out_path)
+    except OSError as exc:
+        raise TracedmpError(f"cannot write {out_path}: {exc.strerror or exc}") from exc
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    print(f"wrote {count} events to {out_path}; open it at https://ui.perfetto.dev "
+          "or chrome://tracing")
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from ._explain import explain, explain_bytes, render_tree
+
+    if os.path.isfile(args.target):
+        with open(args.target, "rb") as f:
+            data = f.read()
+        try:
+            node = explain_bytes(data)
+        except Exception as exc:  # pickletools' errors for bytes that are not a pickle
+            raise TracedmpError(f"{args.target}: not a pickle ({exc})") from None
+    else:
+        obj = _evaluate(args.target)
+        try:
+            node = explain(obj, args.pickler)
+        except Exception as exc:
+            from ._diagnose import diagnose
+
+            path, hint = diagnose(obj, exc, args.pickler)
+            where = f" at {path}" if path else ""
+            raise TracedmpError(f"{args.target!r} cannot be pickled{where}: "
+                                f"{type(exc).__name__}: {exc}; {hint}") from None
+    if args.json:
+        import json
+
+        print(json.dumps(node.as_dict(), indent=1))
+    else:
+        sys.stdout.write(render_tree(node, depth=args.depth))
+    return 0
+
+
+def _evaluate(expr: str) -> object:
+    """Evaluate ``expr``, importing the modules its dotted names start with."""
+    import ast
+    import importlib
+
+    try:
+        tree = ast.parse(expr, mode="eval")
+    except SyntaxError as exc:
+        raise TracedmpError(f"{expr!r} is neither a file nor a Python expression ({exc.msg}); "
+                            "quote it for the shell, e.g. tracedmp explain 'mymod.work'") from None
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    namespace: dict = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            parts = []
+            inner: ast.AST = node
+            while isinstance(inner, ast.Attribute):
+                parts.append(inner.attr)
+                inner = inner.value
+            if isinstance(inner, ast.Name):
+                parts.append(inner.id)
+                dotted = list(reversed(parts))
+                for i in range(len(dotted), 0, -1):
+                    try:
+                        importlib.import_module(".".join(dotted[:i]))
+                        break
+                    except ImportError:
+                        continue
+        if isinstance(node, ast.Name) and node.id not in namespace:
+            try:
+                namespace[node.id] = importlib.import_module(node.id)
+            except ImportError:
+                pass
+    try:
+        return eval(compile(tree, "<explain>", "eval"), namespace)  # noqa: S307 - the user's own
+    except Exception as exc:
+        raise TracedmpError(f"evaluating {expr!r} failed: {type(exc).__name__}: {exc}") from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
+    return value
+
+
+def _report(args: argparse.Namespace) -> int:
+    from ._report import render_text, summarize_file
+
+    data = summarize_file(args.trace, top=args.top, channel=args.channel, pid=args.pid)
+    if data["records"] == 0:
+        raise TracedmpError(f"{args.trace}: no records (an empty trace: was the program traced? "
+                            "see `tracedmp run --help`)")
+    if args.json:
+        import json
+
+        print(json.dumps(data, indent=1, default=list))
+    else:
+        sys.stdout.write(render_text(data))
+    if data.get("truncated_line"):
+        print(f"tracedmp: note: {args.trace}:{data['truncated_line']}: last line cut short "
+              "(a process was killed while writing it); left out", file=sys.stderr)
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -74,7 +74,8 @@ class _Traced:
             frame = sys._getframe(1)
             channel = carrier_channel(frame)
             record_pickle(tracer, obj, len(view), duration, refs, pickler._tracedmp_by_value,
-                          channel, pool_start_method(frame) if channel == "pool.task" else None,
+                          channel, pool_start_method(frame, channel)
+                          if channel.startswith("pool.") and channel != "pool.result" else None,
                           None)
         except Exception as exc:
             _internal_error(exc)

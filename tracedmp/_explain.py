@@ -1,0 +1,354 @@
+"""``tracedmp explain``: what is inside one pickle, as a tree, without unpickling it.
+
+The pickle's opcodes are replayed on a symbolic stack (``pickletools.genops``): every object the
+pickle would build becomes a node that knows how many bytes of the pickle it took and whether it
+travels by reference (a module and a name the receiver imports) or by value (its contents).
+"""
+
+from __future__ import annotations
+
+import io
+import pickletools
+from typing import Any, Dict, List, Optional
+
+__all__ = ["Node", "explain", "explain_bytes", "render_tree"]
+
+_LEAF_TYPES = {
+    "int": "int", "long": "int", "float": "float", "str": "str", "bytes": "bytes",
+    "bytearray": "bytearray", "bool": "bool", "None": "None",
+}
+_MEMO_PUT = {"PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"}
+_MEMO_GET = {"GET", "BINGET", "LONG_BINGET"}
+
+
+class Node:
+    """One object in a pickle."""
+
+    __slots__ = ("kind", "label", "own", "children", "by", "ref", "memo_of", "value")
+
+    def __init__(self, kind: str, label: str, own: int = 0,
+                 children: Optional[List["Node"]] = None, by: str = "value") -> None:
+        self.kind = kind  # what it is: int, str, list, dict, global, call, object, memo...
+        self.label = label
+        self.own = own  # bytes of the opcodes that made this node itself
+        self.children: List[Node] = children or []
+        self.by = by  # "reference" or "value"
+        self.ref: Optional[str] = None  # module.name for globals
+        self.memo_of: Optional[Node] = None
+        self.value: Optional[str] = None  # a str leaf's text (module and names of globals)
+
+    @property
+    def size(self) -> int:
+        return self.own + sum(c.size for c in self.children)
+
+    def as_dict(self) -> Dict[str, Any]:
+        d: Dict[str, Any] = {"kind": self.kind, "label": self.label, "size": self.size,
+                             "by": self.by}
+        if self.ref:
+            d["ref"] = self.ref
+        if self.children:
+            d["children"] = [c.as_dict() for c in self.children]
+        return d
+
+
+def explain(obj: Any, pickler: str = "pickle") -> Node:
+    """Pickle ``obj`` as multiprocessing would (or with cloudpickle) and explain the bytes."""
+    from ._pickler import dump_untraced
+
+    buf = io.BytesIO()
+    dump_untraced(obj, buf, pickler)
+    return explain_bytes(buf.getvalue())
+
+
+def explain_bytes(data: bytes) -> Node:
+    """Explain a pickle given as bytes.  Nothing is unpickled or imported."""
+    stack: List[Any] = []
+    marks: List[int] = []
+    memo: Dict[int, Node] = {}
+    header = 0
+    ops = list(pickletools.genops(data))
+    ends = [pos for _, _, pos in ops[1:]] + [len(data)]
+    root: Optional[Node] = None
+    next_memo = 0
+    pending_mark_bytes: List[int] = []
+
+    for (op, arg, pos), end in zip(ops, ends):
+        n = end - pos
+        name = op.name
+        if name in ("PROTO", "FRAME"):
+            header += n
+        elif name == "STOP":
+            header += n
+            root = stack.pop() if stack else Node("empty", "(nothing)")
+        elif name == "MARK":
+            marks.append(len(stack))
+            pending_mark_bytes.append(n)
+        elif name in _MEMO_PUT:
+            index = next_memo if name == "MEMOIZE" else arg
+            next_memo = max(next_memo, index + 1) if name == "MEMOIZE" else next_memo
+            if stack:
+                stack[-1].own += n
+                memo[index] = stack[-1]
+        elif name in _MEMO_GET:
+            target = memo.get(arg)
+            node = Node("memo", f"(same {target.label if target else 'object'} as above)", n,
+                        by="reference")
+            node.memo_of = target
+            stack.append(node)
+        elif name in ("NONE", "NEWTRUE", "NEWFALSE"):
+            stack.append(Node({"NONE": "None"}.get(name, "bool"),
+                              {"NONE": "None", "NEWTRUE": "True", "NEWFALSE": "False"}[name], n))
+        elif name in ("NEXT_BUFFER", "READONLY_BUFFER"):
+            stack.append(Node("buffer", "out-of-band buffer", n))
+        elif op.stack_after and op.stack_before == [] and len(op.stack_after) == 1 and \
+                op.stack_after[0].name in ("int", "bool", "float", "str", "bytes", "bytearray",
+                                            "long"):
+            stack.append(_leaf(op.stack_after[0].name, arg, n))
+        elif name in ("EMPTY_LIST", "EMPTY_DICT", "EMPTY_SET", "EMPTY_TUPLE"):
+            kind = name[6:].lower()
+            stack.append(Node(kind, kind, n))
+        elif name in ("LIST", "TUPLE", "DICT", "FROZENSET"):
+            items = _pop_mark(stack, marks)
+            kind = name.lower()
+            node = Node(kind, kind, n + pending_mark_bytes.pop())
+            node.children = _pairs(items) if kind == "dict" else items
+            stack.append(node)
+        elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
+            k = int(name[-1])
+            items = stack[-k:]
+            del stack[-k:]
+            stack.append(Node("tuple", "tuple", n, items))
+        elif name == "APPEND":
+            item = stack.pop()
+            stack[-1].own += n
+            stack[-1].children.append(item)
+        elif name in ("APPENDS", "ADDITEMS"):
+            items = _pop_mark(stack, marks)
+            stack[-1].own += n + pending_mark_bytes.pop()
+            stack[-1].children.extend(items)
+        elif name == "SETITEM":
+            value, key = stack.pop(), stack.pop()
+            stack[-1].own += n
+            stack[-1].children.extend(_pairs([key, value]))
+        elif name == "SETITEMS":
+            items = _pop_mark(stack, marks)
+            stack[-1].own += n + pending_mark_bytes.pop()
+            stack[-1].children.extend(_pairs(items))
+        elif name == "POP":
+            if stack:
+                header += n
+                stack.pop()
+        elif name == "POP_MARK":
+            _pop_mark(stack, marks)
+            header += n + pending_mark_bytes.pop()
+        elif name == "DUP":
+            stack.append(stack[-1])
+        elif name == "GLOBAL":
+            module, _, qual = str(arg).partition(" ")
+            stack.append(_global(module, qual, n))
+        elif name == "STACK_GLOBAL":
+            qual_node, module_node = stack.pop(), stack.pop()
+            node = _global(_text(module_node), _text(qual_node),
+                           n + module_node.size + qual_node.size)
+            stack.append(node)
+        elif name in ("EXT1", "EXT2", "EXT4"):
+            stack.append(Node("global", f"extension code {arg}", n, by="reference"))
+        elif name == "REDUCE":
+            args = stack.pop()
+            func = stack.pop()
+            stack.append(_call(func, args, n))
+        elif name in ("NEWOBJ", "NEWOBJ_EX"):
+            kwargs = stack.pop() if name == "NEWOBJ_EX" else None
+            args = stack.pop()
+            cls = stack.pop()
+            node = Node("object", f"{_name(cls)} instance", n + cls.size,
+                        [c for c in (args, kwargs) if c is not None and c.children])
+            node.own += sum(c.size for c in (args, kwargs) if c is not None and not c.children)
+            stack.append(node)
+        elif name == "BUILD":
+            state = stack.pop()
+            target = stack[-1]
+            target.own += n
+            _attach_state(target, state)
+        elif name in ("INST", "OBJ"):
+            items = _pop_mark(stack, marks)
+            extra = pending_mark_bytes.pop()
+            if name == "OBJ":
+                cls, items = items[0], items[1:]
+                label = _name(cls)
+                own = n + extra + cls.size
+            else:
+                label = str(arg).replace(" ", ".")
+                own = n + extra
+            stack.append(Node("object", f"{label} instance", own, items))
+        elif name in ("PERSID", "BINPERSID"):
+            if name == "BINPERSID":
+                stack.pop()
+            stack.append(Node("persistent", "persistent reference", n, by="reference"))
+        else:  # an opcode a newer protocol added: keep its bytes, say what it was
+            stack.append(Node("opcode", name, n))
+    if root is None:
+        root = Node("empty", "(nothing)")
+    root.own += header
+    return root
+
+
+def _leaf(kind: str, arg: Any, n: int) -> Node:
+    kind = _LEAF_TYPES.get(kind, kind)
+    if isinstance(arg, (bytes, bytearray)):
+        shown = f"{kind}, {len(arg)} bytes"
+    elif isinstance(arg, str):
+        shown = repr(arg) if len(arg) <= 40 else repr(arg[:37]) + f"... ({len(arg)} chars)"
+    else:
+        shown = repr(arg)
+    node = Node(kind, shown, n)
+    if isinstance(arg, str):
+        node.value = arg
+    return node
+
+
+def _text(node: Node) -> str:
+    source = node.memo_of if node.kind == "memo" and node.memo_of is not None else node
+    return source.value if source.value is not None else source.label
+
+
+def _global(module: str, qual: str, n: int) -> Node:
+    node = Node("global", f"{module}.{qual}", n, by="reference")
+    node.ref = f"{module}.{qual}"
+    return node
+
+
+def _name(node: Node) -> str:
+    if node.kind == "memo" and node.memo_of is not None:
+        node = node.memo_of
+    return node.ref or node.label
+
+
+def _call(func: Node, args: Node, n: int) -> Node:
+    ref = func.ref or ""
+    if ref.startswith("cloudpickle.") and ref.endswith("._builtin_type") and args.children:
+        # cloudpickle's way to name a type pickle cannot import, e.g. types.CodeType.
+        node = Node("cloud_type", f"types.{_text(args.children[0])}", n + func.size + args.size,
+                    by="reference")
+        return node
+    if func.kind == "cloud_type":
+        what = "code object: bytecode, constants and names" if func.label == "types.CodeType" \
+            else f"{func.label} object"
+        return Node("by_value", what, n + func.size + args.size, by="value")
+    if ref.startswith("cloudpickle.") and ref.endswith("_setstate") and len(args.children) == 2:
+        # cloudpickle sets a rebuilt function's globals, defaults and closure afterwards: show
+        # them under the function they belong to.
+        handle, state = args.children
+        target = handle.memo_of if handle.kind == "memo" and handle.memo_of else handle
+        _attach_state(target, state)
+        return Node("setstate", "state", n + func.size + args.own + handle.size)
+    if ref.startswith("cloudpickle."):
+        # cloudpickle rebuilds a function or class from its parts: the definition travels.
+        what = ref.rsplit(".", 1)[-1]
+        label = {"_make_function": "function", "_make_skeleton_class": "class",
+                 "_make_skeleton_enum": "enum class", "_make_empty_cell": "closure cell",
+                 "_make_cell": "closure cell"}.get(what, f"{ref} result")
+        return Node("by_value", f"{label} rebuilt by cloudpickle", n + func.size, args.children,
+                    by="value")
+    if ref in ("copyreg._reconstructor", "copyreg.__newobj__") and args.children:
+        cls = args.children[0]
+        node = Node("object", f"{_name(cls)} instance", n + func.size + args.own + cls.size,
+                    args.children[1:])
+        return node
+    if ref == "builtins.getattr" and len(args.children) == 2:
+        owner, attr = args.children
+        label = f"getattr(..., {attr.label})"
+        return Node("call", label, n + func.size + args.own, [owner, attr],
+                    by="reference" if owner.kind == "global" else "value")
+    node = Node("call", f"{_name(func)}(...)", n + func.size + args.own, args.children,
+                by="value")
+    node.ref = None
+    return node
+
+
+def _attach_state(target: Node, state: Node) -> None:
+    # A dict state of string keys reads as attributes; anything else stays as one child.
+    if state.kind == "dict":
+        target.own += state.own
+        target.children.extend(state.children)
+    elif state.kind == "tuple" and len(state.children) == 2:  # (dict, slots)
+        target.own += state.own
+        for part in state.children:
+            if part.kind == "dict":
+                target.own += part.own
+                target.children.extend(part.children)
+            elif part.kind != "None":
+                target.children.append(part)
+            else:
+                target.own += part.size
+    else:
+        target.children.append(_labelled("state", state))
+
+
+def _pairs(items: List[Node]) -> List[Node]:
+    out = []
+    for key, value in zip(items[0::2], items[1::2]):
+        source = key.memo_of if key.kind == "memo" and key.memo_of is not None else key
+        label = repr(_text(key)) if source.kind == "str" else f"[{source.label}]"
+        out.append(_labelled(label, value, key.size))
+    return out
+
+
+def _labelled(label: str, value: Node, extra: int = 0) -> Node:
+    node = Node("item", label, extra, [value], by=value.by)
+    return node
+
+
+def _pop_mark(stack: List[Any], marks: List[int]) -> List[Any]:
+    at = marks.pop() if marks else 0
+    items = stack[at:]
+    del stack[at:]
+    return items
+
+
+def _fmt(n: int) -> str:
+    return f"{n} B" if n < 10_000 else f"{n / 1000:.1f} KB" if n < 10_000_000 else \
+        f"{n / 1e6:.1f} MB"
+
+
+def render_tree(node: Node, *, depth: int = 8, width: int = 12) -> str:
+    """The tree as text: one object a line, its bytes, and how it travels."""
+    lines: List[str] = []
+
+    def describe(n: Node) -> str:
+        if n.kind == "global":
+            return (f"{n.ref}  by reference: the receiver imports {n.ref.rsplit('.', 1)[0]!r} "
+                    "and looks the name up; the definition does not travel")
+        if n.kind == "by_value":
+            return f"{n.label}  by value: its definition travels in the pickle"
+        if n.kind == "item":
+            inner = n.children[0]
+            return f"{n.label}: {describe(inner)}" if not inner.children or inner.kind in (
+                "global",) else f"{n.label}: {inner.label}"
+        return n.label
+
+    def walk(n: Node, prefix: str, last: bool, level: int, is_root: bool) -> None:
+        connector = "" if is_root else ("└─ " if last else "├─ ")
+        shown = n.children[0] if n.kind == "item" and n.children else n
+        text = describe(n)
+        lines.append(f"{prefix}{connector}{text}  [{_fmt(n.size)}]")
+        kids = shown.children if shown.kind != "global" else []
+        if n.kind == "item" and (not shown.children or shown.kind == "global"):
+            kids = []
+        if not kids:
+            return
+        child_prefix = prefix if is_root else prefix + ("   " if last else "│  ")
+        if level >= depth:
+            lines.append(f"{child_prefix}└─ ... {len(kids)} more objects "
+                         f"[{_fmt(sum(k.size for k in kids))}]")
+            return
+        shown_kids = kids[:width]
+        hidden = kids[width:]
+        for i, kid in enumerate(shown_kids):
+            walk(kid, child_prefix, i == len(shown_kids) - 1 and not hidden, level + 1, False)
+        if hidden:
+            lines.append(f"{child_prefix}└─ ... {len(hidden)} more "
+                         f"[{_fmt(sum(k.size for k in hidden))}]")
+
+    walk(node, "", True, 0, True)
+    return "\n".join(lines) + "\n"

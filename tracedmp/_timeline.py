@@ -1,0 +1,66 @@
+"""``tracedmp timeline``: a trace as Chrome Trace Event JSON, for Perfetto and chrome://tracing.
+
+One track per process (named after it), one slice per pickle lasting as long as the pickling,
+instant markers for process starts and pickling errors.  Written as it is read: memory stays flat.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import IO, Any, Dict
+
+from ._reader import read_trace
+
+__all__ = ["write_timeline"]
+
+
+def write_timeline(trace_path: str, out: IO[str]) -> int:
+    """Write the timeline of ``trace_path`` to ``out``; return the number of events written."""
+    trace = read_trace(trace_path)
+    names: Dict[int, str] = {}
+    count = 0
+    out.write('{"displayTimeUnit":"ms","traceEvents":[\n')
+    first = True
+
+    def emit(event: Dict[str, Any]) -> None:
+        nonlocal first, count
+        if not first:
+            out.write(",\n")
+        out.write(json.dumps(event, separators=(",", ":")))
+        first = False
+        count += 1
+
+    for r in trace:
+        pid = r.get("pid")
+        ts = r.get("ts")
+        if not isinstance(pid, int) or not isinstance(ts, (int, float)):
+            continue
+        process = r.get("process") or "?"
+        if names.get(pid) != process:
+            names[pid] = process
+            emit({"ph": "M", "name": "process_name", "pid": pid, "tid": pid,
+                  "args": {"name": f"{process} ({pid})"}})
+        end_us = ts * 1e6
+        event = r.get("event")
+        if event in ("pickle", "unpickle"):
+            duration_us = (r.get("duration_ns") or 0) / 1e3
+            emit({
+                "ph": "X", "pid": pid, "tid": pid, "cat": r.get("channel") or "?",
+                "name": f"{'' if event == 'pickle' else 'unpickle '}{r.get('channel')} "
+                        f"{r.get('type')}",
+                "ts": end_us - duration_us, "dur": duration_us,
+                "args": {k: r.get(k) for k in ("size", "kind", "type", "channel", "pickler",
+                                               "start_method", "callables", "part", "child")
+                         if r.get(k) is not None},
+            })
+        elif event in ("process_start", "pickle_error", "trace_start"):
+            emit({
+                "ph": "i", "s": "p", "pid": pid, "tid": pid, "ts": end_us, "cat": event,
+                "name": (f"start {r.get('child')} ({r.get('start_method')})"
+                         if event == "process_start" else
+                         f"pickle error: {r.get('error')}" if event == "pickle_error" else
+                         "trace start"),
+                "args": {k: v for k, v in r.items() if k not in ("v", "ts", "pid", "event")},
+            })
+    out.write("\n]}\n")
+    return count
