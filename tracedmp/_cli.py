@@ -89,6 +89,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _no_records(path: str) -> TracedmpError:
+    return TracedmpError(f"{path}: no records (an empty trace: was the program traced? "
+                         "see `tracedmp run --help`)")
+
+
 def _timeline(args: argparse.Namespace) -> int:
     from ._timeline import write_timeline
 
@@ -97,6 +102,8 @@ def _timeline(args: argparse.Namespace) -> int:
     try:
         with open(tmp, "w") as out:
             count = write_timeline(args.trace, out)
+        if count == 0:
+            raise _no_records(args.trace)
         os.replace(tmp, out_path)
     except OSError as exc:
         raise TracedmpError(f"cannot write {out_path}: {exc.strerror or exc}") from exc
@@ -193,8 +200,7 @@ def _report(args: argparse.Namespace) -> int:
 
     data = summarize_file(args.trace, top=args.top, channel=args.channel, pid=args.pid)
     if data["records"] == 0:
-        raise TracedmpError(f"{args.trace}: no records (an empty trace: was the program traced? "
-                            "see `tracedmp run --help`)")
+        raise _no_records(args.trace)
     if args.json:
         import json
 

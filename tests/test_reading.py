@@ -1,0 +1,207 @@
+"""Reading traces back: read_trace, report, timeline, explain; bad input gives one clear line."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import tracedmp
+from tracedmp import TraceFileError, TraceFormatError, read_trace
+from tracedmp._explain import explain, explain_bytes, render_tree
+
+PROGRAM = """
+import sys
+import tracedmp as multiprocessing
+
+TABLE = list(range(30000))
+
+def lookup(args):
+    table, i = args
+    return table[i]
+
+def tiny(x):
+    return x
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context(sys.argv[1])
+    with ctx.Pool(2) as pool:
+        pool.map(lookup, [(TABLE, i) for i in range(20)], chunksize=1)
+        pool.map(tiny, range(1200), chunksize=1)
+        try:
+            pool.map(tiny, [lambda: 1])
+        except Exception:
+            pass
+"""
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "tracedmp", *args], capture_output=True,
+                          text=True, timeout=120, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def real_trace(tmp_path_factory):
+    """A trace written by a real traced program (spawn, so launch data is in it too)."""
+    tmp = tmp_path_factory.mktemp("real")
+    (tmp / "prog.py").write_text(PROGRAM)
+    trace = tmp / "trace.jsonl"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACEDMP_")}
+    env["TRACEDMP_TRACE"] = str(trace)
+    subprocess.run([sys.executable, "prog.py", "spawn"], cwd=tmp, env=env, check=True,
+                   timeout=120, capture_output=True)
+    return trace
+
+
+def test_read_trace_gives_typed_records(real_trace):
+    records = list(read_trace(real_trace))
+    assert records[0].event == "trace_start"
+    pickles = [r for r in records if r.event == "pickle"]
+    assert pickles and all(isinstance(r.size, int) and r["size"] == r.size for r in pickles)
+    assert records[0].size is None  # a field the record does not have
+    with pytest.raises(KeyError):
+        records[0]["size"]
+
+
+def test_report_text_on_a_real_trace(real_trace):
+    proc = cli("report", str(real_trace))
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    for heading in ("By channel", "By start method", "By type", "By callable", "Process starts",
+                    "Largest pickles", "Pickling errors", "Findings"):
+        assert heading in out, heading
+    assert "spawn" in out and "launch data pickled" in out
+    assert "__main__.lookup" in out
+    assert "send it once with a Pool initializer" in out  # the big table re-sent per task
+    assert "per-message overhead dominates" in out  # 1200 tiny tasks at chunksize=1
+    assert "a lambda cannot travel by reference" in out
+
+
+def test_report_json_filters_and_top(real_trace):
+    proc = cli("report", str(real_trace), "--json", "--top", "3", "--channel", "pool.task")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert [row["name"] for row in data["by_channel"]] == ["pool.task"]
+    assert len(data["largest"]) <= 3 and len(data["by_type"]) <= 3
+    kinds = {f["kind"] for f in data["findings"]}
+    assert {"large_args_per_task", "small_chunks"} <= kinds
+    lookup = next(r for r in data["by_callable"] if r["name"] == "__main__.lookup")
+    assert lookup["count"] == 20 and lookup["median_size"] > 50_000
+    pid = data["runs"][0]["pid"]
+    only_main = json.loads(cli("report", str(real_trace), "--json", "--pid", str(pid)).stdout)
+    assert only_main["processes"] == 1
+
+
+def test_summarize_api_matches_the_cli(real_trace):
+    data = tracedmp.summarize(read_trace(real_trace))
+    assert data["records"] == len(list(read_trace(real_trace)))
+    assert data["totals"]["count"] == sum(r["count"] for r in data["by_channel"])
+
+
+def test_timeline_is_chrome_trace_json(real_trace, tmp_path):
+    out = tmp_path / "tl.json"
+    proc = cli("timeline", str(real_trace), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out.read_text())
+    events = data["traceEvents"]
+    names = {e["args"]["name"] for e in events if e["ph"] == "M"}
+    assert any(n.startswith("MainProcess") for n in names)
+    assert any("SpawnPoolWorker" in n for n in names)
+    slices = [e for e in events if e["ph"] == "X"]
+    pickles = [r for r in read_trace(real_trace) if r.event == "pickle"]
+    assert len(slices) == len(pickles)
+    assert all(e["dur"] >= 0 and "size" in e["args"] for e in slices)
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such trace file"),
+    (b"", "no records (an empty trace"),
+    (b'{"v":1,"event":"pickle"}\nnot json at all\n', ":2: not a JSON line ('not json at all')"),
+    (b'[1, 2]\n', ":1: not a tracedmp record"),
+    (b'{"v":7,"event":"pickle"}\n', ":1: record format v7 is newer than this tracedmp reads"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, content, message):
+    path = tmp_path / "bad.jsonl"
+    if content is not None:
+        path.write_bytes(content)
+    for command in ("report", "timeline"):
+        proc = cli(command, str(path), cwd=tmp_path)
+        assert proc.returncode == 2, (command, proc.stdout)
+        assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+        assert proc.stderr.startswith("tracedmp: error: ") and message in proc.stderr, \
+            proc.stderr
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".json")]  # no half-written output
+
+
+def test_truncated_last_line_is_reported_not_fatal(tmp_path, real_trace):
+    path = tmp_path / "cut.jsonl"
+    data = real_trace.read_bytes()
+    path.write_bytes(data + b'{"v":1,"event":"pickle","ts":1.0,"si')
+    trace = read_trace(path)
+    records = list(trace)
+    assert trace.truncated_line == len(data.splitlines()) + 1
+    assert len(records) == len(data.splitlines())
+    proc = cli("report", str(path))
+    assert proc.returncode == 0
+    assert "was cut short" in proc.stdout and "last line cut short" in proc.stderr
+
+
+def test_reader_never_unpickles(tmp_path):
+    # A record whose fields look like pickles stays text: nothing is ever loaded.
+    path = tmp_path / "t.jsonl"
+    path.write_text(json.dumps({"v": 1, "event": "pickle", "type": "cos\nsystem\n(S'echo'\ntR.",
+                                "size": 1}) + "\n")
+    [r] = list(read_trace(path))
+    assert r.type.startswith("cos")
+
+
+def test_read_trace_errors_name_the_file():
+    with pytest.raises(TraceFileError, match="no such trace file"):
+        read_trace("/nonexistent/t.jsonl")
+    assert issubclass(TraceFormatError, ValueError)
+
+
+def test_explain_a_function_reference_and_a_closure_by_value():
+    import operator
+
+    node = explain(operator.add)
+    assert node.kind == "global" and node.by == "reference" and node.ref == "_operator.add"
+    assert "the definition does not travel" in render_tree(node)
+
+    data = b"y" * 3000
+
+    def closure(x):
+        return x + len(data)
+
+    node = explain(closure, "cloudpickle")
+    text = render_tree(node)
+    assert node.by == "value" and "function rebuilt by cloudpickle" in text
+    assert node.size > 3000  # what the closure captured travels with it
+
+
+def test_explain_sizes_add_up_to_the_pickle():
+    import pickle
+
+    obj = {"a": [1, 2.5, "three", b"four"], "b": (None, True), "c": {1, 2}}
+    data = pickle.dumps(obj, protocol=4)
+    node = explain_bytes(data)
+    assert node.size == len(data)
+    assert node.kind == "dict"
+
+
+def test_explain_cli_expression_and_file(tmp_path):
+    (tmp_path / "helpers.py").write_text("def work(x):\n    return x\n")
+    proc = cli("explain", "helpers.work", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("helpers.work  by reference")
+    import pickle
+
+    (tmp_path / "obj.pkl").write_bytes(pickle.dumps([1, "x"]))
+    proc = cli("explain", "obj.pkl", "--json", cwd=tmp_path)
+    assert json.loads(proc.stdout)["kind"] == "list"
+    proc = cli("explain", "lambda: 1", cwd=tmp_path)
+    assert proc.returncode == 2 and "a lambda cannot travel by reference" in proc.stderr
+    (tmp_path / "junk.bin").write_bytes(b"\x00\x01not a pickle")
+    proc = cli("explain", "junk.bin", cwd=tmp_path)
+    assert proc.returncode == 2 and "not a pickle" in proc.stderr
