@@ -98,3 +98,27 @@ if __name__ == "__main__":
     assert run.returncode == 0, run.stderr
     assert len(run.events("pickle", channel="pool.result")) == 500
     assert len(run.events("pickle", channel="pool.task")) >= 500
+
+
+def test_odd_names_keep_the_trace_valid_json_lines(run_program):
+    run = run_program(r'''
+import tracedmp as multiprocessing
+
+Odd = type("Odd", (), {})
+Odd.__qualname__ = 'line\nbreak "quoted" \\ back \udcff'
+Odd.__module__ = "__main__"
+a, b = multiprocessing.Pipe()
+try:
+    a.send(Odd())
+except Exception as e:
+    print("send failed:", type(e).__name__)
+''')
+    assert run.returncode == 0, run.stderr
+    with open(run.trace, "rb") as f:
+        raw = f.read()
+    raw.decode("utf-8")  # valid UTF-8 throughout
+    lines = raw.split(b"\n")
+    assert lines[-1] == b"" and all(json.loads(line) for line in lines[:-1])
+    odd = [json.loads(x) for x in lines[:-1] if b"line\\nbreak" in x]
+    assert odd and odd[0]["event"] in ("pickle", "pickle_error")
+    assert "\\udcff" in odd[0]["type"]

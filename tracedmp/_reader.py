@@ -13,10 +13,20 @@ from typing import Any, Dict, Iterator, List, Optional
 from ._errors import TraceFileError, TraceFormatError
 from ._tracer import FORMAT_VERSION
 
+from json import loads as _json_loads
+
 try:
-    from orjson import loads as _loads
+    from orjson import loads as _fast_loads
 except ImportError:  # pragma: no cover
-    from json import loads as _loads
+    _fast_loads = _json_loads
+
+
+def _loads(line: bytes) -> Any:
+    try:
+        return _fast_loads(line)
+    except ValueError:
+        # orjson refuses escaped lone surrogates, which other writers may produce.
+        return _json_loads(line)
 
 __all__ = ["Record", "Trace", "read_trace"]
 

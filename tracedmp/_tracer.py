@@ -42,8 +42,20 @@ except ImportError:  # pragma: no cover - orjson is a dependency; keep working w
 def _render_safe(record: dict) -> bytes:
     import json
 
-    # ensure_ascii escapes lone surrogates, so any name still gives valid JSON on one line.
-    return json.dumps(record, ensure_ascii=True, separators=(",", ":"), default=repr).encode() + b"\n"
+    # Names that are not valid Unicode (lone surrogates from undecodable bytes) are written as
+    # their backslash escapes, so the line stays valid UTF-8 JSON for every reader.
+    return json.dumps(_clean(record), ensure_ascii=False, separators=(",", ":"),
+                      default=repr).encode("utf-8") + b"\n"
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_clean(k) if isinstance(k, str) else str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
 
 
 current: Optional["Tracer"] = None

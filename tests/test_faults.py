@@ -1,0 +1,99 @@
+"""Faults: killed workers, terminated pools, parents that do not join, closed trace files.
+The program behaves as it would untraced, and the trace stays readable."""
+
+import json
+
+from tracedmp import read_trace
+
+
+def test_worker_killed_mid_run(run_program):
+    code = """
+import os, signal, sys, time
+if sys.argv[1] == "traced":
+    import tracedmp as multiprocessing
+else:
+    import multiprocessing
+
+def slow(x):
+    if x == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.01)
+    return x
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(2) as pool:
+        result = pool.map_async(slow, range(6), chunksize=1)
+        try:
+            result.get(timeout=3)
+            print("finished")
+        except multiprocessing.TimeoutError:
+            print("timed out")  # the stdlib Pool waits forever for a killed worker's task
+"""
+    plain = run_program(code, "plain", env={"TRACEDMP_TRACE": "off"})
+    traced = run_program(code, "traced")
+    assert plain.stdout == traced.stdout == "timed out\n"
+    assert plain.returncode == traced.returncode == 0
+    trace = read_trace(traced.trace)
+    records = list(trace)
+    assert trace.truncated_line is None
+    assert len([r for r in records if r.channel == "pool.result"]) >= 4
+
+
+def test_pool_terminated_with_tasks_in_flight(run_program):
+    run = run_program("""
+import time
+import tracedmp as multiprocessing
+
+def slow(x):
+    time.sleep(0.05)
+    return x
+
+if __name__ == "__main__":
+    pool = multiprocessing.get_context("spawn").Pool(2)
+    pool.map_async(slow, range(200), chunksize=1)
+    time.sleep(1.0)
+    pool.terminate()
+    pool.join()
+    print("terminated")
+""")
+    assert run.returncode == 0 and run.stdout == "terminated\n", run.stderr
+    records = list(read_trace(run.trace))
+    results = [r for r in records if r.channel == "pool.result"]
+    assert results  # workers' records survive SIGTERM
+    for pid in {r.pid for r in records}:
+        seqs = sorted(r.seq for r in records if r.pid == pid)
+        assert seqs == list(range(len(seqs)))  # nothing lost in between
+
+
+def test_parent_exits_without_joining(run_program):
+    run = run_program("""
+import tracedmp as multiprocessing
+
+def child(q):
+    q.put("bye")
+
+if __name__ == "__main__":
+    q = multiprocessing.get_context("forkserver").Queue()
+    multiprocessing.get_context("forkserver").Process(target=child, args=(q,)).start()
+    print(q.get(timeout=30))
+""")
+    assert run.returncode == 0 and run.stdout == "bye\n", run.stderr
+    records = list(read_trace(run.trace))
+    assert [r.type for r in records if r.channel == "queue"] == ["builtins.str"]
+    assert [r.event for r in records].count("process_start") == 1
+
+
+def test_trace_descriptor_closed_under_tracedmp(run_program):
+    # A program that closes every descriptor it does not know about (a daemon, say) loses
+    # its trace, not its run.
+    run = run_program("""
+import os
+import tracedmp as multiprocessing
+ctx = multiprocessing.get_context("fork")
+a, b = ctx.Pipe()
+a.send(1); b.recv()
+os.closerange(a.fileno() + 2, 1000)
+a.send(2); print(b.recv())
+""", env={"TRACEDMP_TRACE": "trace.jsonl"})
+    assert run.returncode == 0 and run.stdout == "2\n"
