@@ -22,12 +22,14 @@ _SHOWN_SEGMENTS = 24
 _PROCESS_ATTRS = {"_target": "target", "_args": "args", "_kwargs": "kwargs"}
 
 
-def diagnose(obj: Any, exc: BaseException, pickler: str) -> Tuple[Optional[str], str]:
-    path, leaf = find_path(obj, pickler)
+def diagnose(obj: Any, exc: BaseException, pickler: str,
+             channel: Optional[str] = None) -> Tuple[Optional[str], str]:
+    path, leaf = find_path(obj, pickler, channel)
     return path, hint_for(exc, leaf if leaf is not None else obj, pickler)
 
 
-def find_path(obj: Any, pickler: str = "pickle") -> Tuple[Optional[str], Any]:
+def find_path(obj: Any, pickler: str = "pickle",
+              channel: Optional[str] = None) -> Tuple[Optional[str], Any]:
     """``(path, leaf)``: the deepest part of ``obj`` that still fails to pickle on its own."""
     from ._pickler import dump_untraced
 
@@ -58,7 +60,26 @@ def find_path(obj: Any, pickler: str = "pickle") -> Tuple[Optional[str], Any]:
                 break
         else:
             break
+    if channel == "pool.task" and isinstance(obj, tuple) and len(obj) == 5:
+        segments = _pool_task_segments(obj, segments)
     return _join(segments), current
+
+
+def _pool_task_segments(task: tuple, segments: List[str]) -> List[str]:
+    # A Pool task is (job, index, func, args, kwds); map-style tasks wrap (func, chunk) in
+    # args for mapstar/starmapstar.  Say it in the caller's words.
+    from multiprocessing import pool
+
+    if not segments:
+        return segments
+    head, rest = segments[0], segments[1:]
+    if task[2] in (pool.mapstar, pool.starmapstar) and head == "[3]" and rest[:1] == ["[0]"]:
+        if rest[1:2] == ["[0]"]:
+            return ["task.func"] + rest[2:]
+        if rest[1:2] == ["[1]"] and len(rest) > 2:
+            return [f"task.items{rest[2]}"] + rest[3:]
+    names = {"[2]": "task.func", "[3]": "task.args", "[4]": "task.kwds"}
+    return [names[head]] + rest if head in names else segments
 
 
 def _join(segments: List[str]) -> Optional[str]:

@@ -129,7 +129,11 @@ def _cloud_class() -> type:
             reduced = super().reducer_override(obj)
             if type(obj) in _CALLABLE_TYPES or isinstance(obj, type):
                 self._tracedmp_refs.append(obj)
-                if reduced is not NotImplemented:  # cloudpickle saves it by value
+                # cloudpickle saves it by value, unless it only names a builtin type
+                # (types.CodeType and the like, looked up by name in the child)
+                if reduced is not NotImplemented and not (
+                    isinstance(obj, type) and obj.__module__ == "builtins"
+                ):
                     if self._tracedmp_by_value is None:
                         self._tracedmp_by_value = set()
                     self._tracedmp_by_value.add(id(obj))
@@ -275,7 +279,7 @@ def record_error(tracer: Any, obj: Any, exc: BaseException, duration: int, chann
     if len(message) > _MAX_ERROR:
         message = message[:_MAX_ERROR] + "..."
     rec["error"] = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-    path, hint = diagnose(obj, exc, tracer.pickler)
+    path, hint = diagnose(obj, exc, tracer.pickler, channel)
     rec["path"] = path
     rec["hint"] = hint
     if extra:

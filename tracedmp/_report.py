@@ -184,7 +184,7 @@ class Summary:
         for (channel, names), g in self.task_shapes.items():
             sizes = sorted(g.sizes)
             median = sizes[(len(sizes) - 1) // 2]
-            what = names[-1] if names else "a function"
+            what = _user_callable(names)
             if g.count >= 10 and median >= 64 * 1024:
                 out.append({
                     "kind": "large_args_per_task",
@@ -218,6 +218,13 @@ class Summary:
                                 f"the {span:.3f} s between the first and last record (summed "
                                 "over processes): send less, or less often"),
                     "share": share})
+        if self.errors:
+            failed = sum(e["count"] for e in self.errors.values())
+            out.append({
+                "kind": "pickle_errors",
+                "message": (f"{failed} pickle(s) failed, in {len(self.errors)} distinct way(s): "
+                            "see the pickling errors above for where and how to fix each"),
+                "count": failed})
         if self.spawn_problems:
             out.append({
                 "kind": "fork_only",
@@ -251,6 +258,17 @@ def summarize_file(path: str, *, top: int = 10, channel: Optional[str] = None,
     data["trace"] = path
     data["truncated_line"] = trace.truncated_line
     return data
+
+
+_MACHINERY = ("multiprocessing.", "concurrent.futures.", "cloudpickle.", "copyreg.", "builtins.")
+
+
+def _user_callable(names: tuple) -> str:
+    """The program's own function among what a task names (not the transport's helpers)."""
+    for name in names:
+        if not name.startswith(_MACHINERY):
+            return name
+    return names[-1] if names else "a function"
 
 
 def _group(groups: Dict[Any, _Group], key: Any) -> _Group:

@@ -1,0 +1,32 @@
+"""A Manager: every proxy call is a message both ways.
+
+    tracedmp run --trace trace.jsonl examples/manager.py
+    tracedmp report trace.jsonl --channel manager
+
+Each `shared[key] = value` pickles the method name and arguments in the client and the reply in
+the manager's server process: the trace shows both sides of the conversation.
+"""
+
+import multiprocessing
+
+
+def count_words(shared, text):
+    for word in text.split():
+        shared[word] = shared.get(word, 0) + 1
+
+
+def main() -> None:
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Manager() as manager:
+        shared = manager.dict()
+        workers = [ctx.Process(target=count_words, args=(shared, text))
+                   for text in ("a b a", "b c")]
+        for p in workers:
+            p.start()
+        for p in workers:
+            p.join()
+        print(sorted(shared.items()))
+
+
+if __name__ == "__main__":
+    main()
