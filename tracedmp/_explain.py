@@ -311,7 +311,7 @@ def _fmt(n: int) -> str:
         f"{n / 1e6:.1f} MB"
 
 
-def render_tree(node: Node, *, depth: int = 8, width: int = 12) -> str:
+def render_tree(node: Node, *, depth: int = 8, width: int = 20) -> str:
     """The tree as text: one object a line, its bytes, and how it travels."""
     lines: List[str] = []
 

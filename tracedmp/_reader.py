@@ -79,6 +79,11 @@ class Trace:
             raise TraceFileError(f"{self.path}: is a directory, not a trace file")
 
     def __iter__(self) -> Iterator[Record]:
+        for data in self.dicts():
+            yield Record(data)
+
+    def dicts(self) -> Iterator[Dict[str, Any]]:
+        """The records as plain dicts (a little faster than :class:`Record` for one pass)."""
         self.truncated_line = None
         self.lines = 0
         path = self.path
@@ -113,7 +118,7 @@ class Trace:
                     raise TraceFormatError(
                         f"{path}:{number}: unknown record format version {version!r}; "
                         f"this tracedmp reads v{FORMAT_VERSION}")
-                yield Record(data)
+                yield data
             self.lines = number
 
     def to_pandas(self) -> Any:

@@ -30,6 +30,12 @@ class _Group:
         self.ns += ns
         self.sizes.append(size)
 
+    def merge(self, other: "_Group") -> None:
+        self.count += other.count
+        self.bytes += other.bytes
+        self.ns += other.ns
+        self.sizes.extend(other.sizes)
+
     def as_dict(self) -> Dict[str, Any]:
         sizes = sorted(self.sizes)
         n = len(sizes)
@@ -53,19 +59,15 @@ class Summary:
         self.last_ts: Optional[float] = None
         self.runs: List[Dict[str, Any]] = []
         self.processes: Dict[int, str] = {}
-        self.total = _Group()
-        self.by_channel: Dict[str, _Group] = {}
-        self.by_method: Dict[str, _Group] = {}
-        self.by_type: Dict[str, _Group] = {}
-        self.by_callable: Dict[str, _Group] = {}
-        self.by_value: Dict[str, _Group] = {}
-        self.task_shapes: Dict[tuple, _Group] = {}  # pool/executor traffic by callables
+        # One group per (channel, start method, type, callables): few distinct ones, so each
+        # pickle costs one lookup; the tables are merged from these at the end.
+        self.combos: Dict[tuple, _Group] = {}
         self.largest: Dict[tuple, list] = {}  # shape -> [size, count, example]
         self.errors: Dict[tuple, Dict[str, Any]] = {}
         self.starts: Dict[tuple, Dict[str, Any]] = {}
         self.spawn_problems: List[Dict[str, Any]] = []
         self.unpickles = _Group()
-        self._smallest_kept = -1
+        self._smallest_kept = 0
 
     def add(self, r: Record) -> None:
         self.records += 1
@@ -111,42 +113,67 @@ class Summary:
             self.unpickles.add(_int(r.get("size")), _int(r.get("duration_ns")))
 
     def _pickle(self, r: Record) -> None:
-        size = _int(r.get("size"))
-        ns = _int(r.get("duration_ns"))
-        self.total.add(size, ns)
+        size = r.get("size")
+        if type(size) is not int:
+            size = 0
+        ns = r.get("duration_ns")
+        if type(ns) is not int:
+            ns = 0
+        callables = r.get("callables")
+        names: tuple = ()
+        if callables:
+            names = tuple([(c.get("name") or "?", c.get("kind")) if isinstance(c, dict)
+                           else ("?", None) for c in callables])
         channel = r.get("channel") or "?"
-        _group(self.by_channel, channel).add(size, ns)
-        _group(self.by_method, r.get("start_method") or "?").add(size, ns)
-        _group(self.by_type, r.get("type") or "?").add(size, ns)
-        names = []
-        for c in r.get("callables") or ():
-            if not isinstance(c, dict):
-                continue
-            name = c.get("name") or "?"
-            names.append((name, c.get("kind")))
-            if channel == "process":
-                continue  # launch data names multiprocessing's own machinery: see process starts
-            _group(self.by_callable, name).add(size, ns)
-            if c.get("kind") == "value":
-                _group(self.by_value, name).add(size, ns)
-        if channel in ("pool.task", "executor.call"):
-            _group(self.task_shapes, (channel, tuple(n for n, _ in names))).add(size, ns)
+        key = (channel, r.get("start_method") or "?", r.get("type") or "?", names)
+        group = self.combos.get(key)
+        if group is None:
+            self.combos[key] = group = _Group()
+        group.count += 1
+        group.bytes += size
+        group.ns += ns
+        group.sizes.append(size)
+        if size >= self._smallest_kept:
+            self._keep_large(r, size, channel, names)
+
+    def _keep_large(self, r: Record, size: int, channel: str, names: tuple) -> None:
         # Largest pickles, identical ones (same size, carrier, type, names, process) counted once.
-        shape = (size, channel, r.get("type"), tuple(names), r.get("pid"))
+        shape = (size, channel, r.get("type"), names, r.get("pid"))
         entry = self.largest.get(shape)
         if entry is not None:
             entry[1] += 1
-        elif len(self.largest) < 4 * self.top or size > self._smallest_kept:
-            self.largest[shape] = [size, 1, {k: r.get(k) for k in (
-                "size", "channel", "type", "kind", "process", "pid", "start_method",
-                "callables", "duration_ns", "part", "child")}]
-            if len(self.largest) >= 8 * self.top:
-                kept = heapq.nlargest(4 * self.top, self.largest.items(), key=lambda kv: kv[1][0])
-                self.largest = dict(kept)
-                self._smallest_kept = kept[-1][1][0]
+            return
+        self.largest[shape] = [size, 1, {k: r.get(k) for k in (
+            "size", "channel", "type", "kind", "process", "pid", "start_method",
+            "callables", "duration_ns", "part", "child")}]
+        if len(self.largest) >= 8 * self.top:
+            kept = heapq.nlargest(4 * self.top, self.largest.items(), key=lambda kv: kv[1][0])
+            self.largest = dict(kept)
+            self._smallest_kept = kept[-1][1][0]
+
+    def _tables(self) -> Dict[str, Dict[Any, _Group]]:
+        tables: Dict[str, Dict[Any, _Group]] = {
+            "total": {}, "channel": {}, "method": {}, "type": {}, "callable": {}, "value": {},
+            "task": {}}
+        for (channel, method, type_name, names), g in self.combos.items():
+            _group(tables["total"], None).merge(g)
+            _group(tables["channel"], channel).merge(g)
+            _group(tables["method"], method).merge(g)
+            _group(tables["type"], type_name).merge(g)
+            if channel in ("pool.task", "executor.call"):
+                _group(tables["task"], (channel, tuple(n for n, _ in names))).merge(g)
+            if channel == "process":
+                continue  # launch data names multiprocessing's own machinery: see process starts
+            for name in dict.fromkeys(n for n, _ in names):
+                _group(tables["callable"], name).merge(g)
+            for name in dict.fromkeys(n for n, kind in names if kind == "value"):
+                _group(tables["value"], name).merge(g)
+        return tables
 
     def as_dict(self) -> Dict[str, Any]:
         span = (self.last_ts - self.first_ts) if self.first_ts is not None else 0.0
+        tables = self._tables()
+        total = tables["total"].get(None) or _Group()
 
         def table(groups: Dict[Any, _Group], limit: Optional[int] = None) -> List[Dict[str, Any]]:
             rows = [{"name": k, **g.as_dict()} for k, g in groups.items()]
@@ -159,12 +186,12 @@ class Summary:
             "runs": self.runs,
             "processes": len(self.processes),
             "span_s": span,
-            "totals": self.total.as_dict(),
-            "by_channel": table(self.by_channel),
-            "by_start_method": table(self.by_method),
-            "by_type": table(self.by_type, self.top),
-            "by_callable": table(self.by_callable, self.top),
-            "by_value": table(self.by_value),
+            "totals": total.as_dict(),
+            "by_channel": table(tables["channel"]),
+            "by_start_method": table(tables["method"]),
+            "by_type": table(tables["type"], self.top),
+            "by_callable": table(tables["callable"], self.top),
+            "by_value": table(tables["value"]),
             "largest": [
                 {**example, "count": count}
                 for size, count, example in heapq.nlargest(
@@ -176,12 +203,13 @@ class Summary:
             "errors": [{**e, "processes": sorted(p for p in e["processes"] if p)}
                        for e in errors],
             "unpickles": self.unpickles.as_dict() if self.unpickles.count else None,
-            "findings": self._findings(span),
+            "findings": self._findings(span, total, tables),
         }
 
-    def _findings(self, span: float) -> List[Dict[str, Any]]:
+    def _findings(self, span: float, total: _Group,
+                  tables: Dict[str, Dict[Any, _Group]]) -> List[Dict[str, Any]]:
         out = []
-        for (channel, names), g in self.task_shapes.items():
+        for (channel, names), g in tables["task"].items():
             sizes = sorted(g.sizes)
             median = sizes[(len(sizes) - 1) // 2]
             what = _user_callable(names)
@@ -200,7 +228,7 @@ class Summary:
                                 f"calling {what}: per-message overhead dominates; pass a larger "
                                 "chunksize to map/imap (e.g. len(items) // (4 * processes))"),
                     "count": g.count, "median_size": median})
-        for name, g in self.by_value.items():
+        for name, g in tables["value"].items():
             if g.count >= 10:
                 out.append({
                     "kind": "function_by_value",
@@ -210,11 +238,11 @@ class Summary:
                                 "travels as a name"),
                     "count": g.count, "bytes": g.bytes})
         if span > 0:
-            share = self.total.ns / 1e9 / span
+            share = total.ns / 1e9 / span
             if share >= 0.10:
                 out.append({
                     "kind": "pickling_time",
-                    "message": (f"pickling took {self.total.ns / 1e9:.3f} s, {share:.0%} of "
+                    "message": (f"pickling took {total.ns / 1e9:.3f} s, {share:.0%} of "
                                 f"the {span:.3f} s between the first and last record (summed "
                                 "over processes): send less, or less often"),
                     "share": share})
@@ -248,9 +276,9 @@ def summarize(records: Iterable[Record], *, top: int = 10) -> Dict[str, Any]:
 def summarize_file(path: str, *, top: int = 10, channel: Optional[str] = None,
                    pid: Optional[int] = None) -> Dict[str, Any]:
     trace = read_trace(path)
-    records: Iterable[Record] = trace
+    records: Iterable[Record] = trace.dicts()  # type: ignore[assignment]
     if channel is not None or pid is not None:
-        records = (r for r in trace
+        records = (r for r in trace.dicts()
                    if (channel is None or r.get("channel") == channel
                        or r.get("event") == "trace_start")
                    and (pid is None or r.get("pid") == pid))

@@ -1,0 +1,108 @@
+"""Regenerate every trace excerpt, report and explain tree the docs show.
+
+    python docs/generate.py
+
+Runs the programs in examples/ with `tracedmp run` (tracedmp must be installed with pip) and
+writes what the docs include into docs/generated/.  Pids, times and sizes will differ from run to
+run; the shapes are what the pages explain.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = os.path.join(ROOT, "examples")
+OUT = os.path.join(ROOT, "docs", "generated")
+
+
+def tracedmp(*args: str, cwd: str) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACEDMP_")}
+    proc = subprocess.run([sys.executable, "-m", "tracedmp", *args], capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=300)
+    if proc.returncode != 0:
+        raise SystemExit(f"tracedmp {' '.join(args)} failed:\n{proc.stderr}")
+    return proc.stdout
+
+
+def trace(name: str, tmp: str, *flags: str, args: tuple = ()) -> str:
+    path = os.path.join(tmp, f"{name}{'-'.join(flags)}.jsonl")
+    tracedmp("run", *flags, "--trace", path, os.path.join(EXAMPLES, f"{name}.py"), *args, cwd=tmp)
+    return path
+
+
+def records(path: str, **match: object) -> list:
+    with open(path) as f:
+        out = [json.loads(line) for line in f]
+    return [r for r in out if all(r.get(k) == v for k, v in match.items())]
+
+
+def write(name: str, text: str) -> None:
+    with open(os.path.join(OUT, name), "w") as f:
+        f.write(text if text.endswith("\n") else text + "\n")
+    print(f"wrote docs/generated/{name}")
+
+
+def jsonl(rs: list) -> str:
+    return "\n".join(json.dumps(r, separators=(",", ":")) for r in rs)
+
+
+def section(report: str, title: str) -> str:
+    """One section of a report: from its title line to the next blank line."""
+    lines = report.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(title))
+    end = next((i for i in range(start + 1, len(lines)) if not lines[i].strip()), len(lines))
+    return "\n".join(lines[start:end])
+
+
+def main() -> None:
+    os.makedirs(OUT, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        t = trace("start_methods", tmp)
+        write("start_methods.records.jsonl", jsonl(records(t, event="process_start")))
+        write("start_methods.launch.jsonl", jsonl(
+            [r for r in records(t, channel="process") if r["child"] == "greeter-spawn"]))
+        write("start_methods.report.txt", section(tracedmp("report", t, cwd=tmp),
+                                                  "Process starts"))
+
+        t = trace("pool_big_argument", tmp)
+        task = next(r for r in records(t, channel="pool.task") if r["type"] == "builtins.tuple")
+        write("pool_task.record.json", json.dumps(task, indent=1))
+        write("pool_big_argument.report.txt", tracedmp("report", t, cwd=tmp))
+        write("explain_function.txt", tracedmp("explain", "pool_big_argument.score", cwd=EXAMPLES))
+        write("explain_task.txt", tracedmp(
+            "explain", "(7, 0, multiprocessing.pool.mapstar, ((pool_big_argument.score, "
+            "(([1, 2, 3], 0), ([1, 2, 3], 1))),), {})", cwd=EXAMPLES))
+
+        t = trace("lambda_cloudpickle", tmp)
+        error = records(t, event="pickle_error")[0]
+        write("lambda_pickle.error.json", json.dumps(error, indent=1))
+        write("lambda_pickle.errors.txt", section(tracedmp("report", t, cwd=tmp),
+                                                  "Pickling errors"))
+        t = trace("lambda_cloudpickle", tmp, "--pickler", "cloudpickle")
+        report = tracedmp("report", t, cwd=tmp)
+        write("lambda_cloud.byvalue.txt", section(report, "Sent by value"))
+        write("lambda_cloud.findings.txt", section(report, "Findings"))
+        closure = next(r for r in records(t, channel="pool.task")
+                       if any(c["kind"] == "value" and "scale" in c["name"]
+                              for c in r["callables"]))
+        write("lambda_cloud.record.json", json.dumps(closure, indent=1))
+        write("explain_closure.txt", tracedmp(
+            "explain", "--pickler", "cloudpickle", "--depth", "2",
+            "lambda_cloudpickle.make_scaler(bytes(100_000))", cwd=EXAMPLES))
+
+        t = trace("fork_only", tmp, "--check-spawn")
+        write("fork_only.records.jsonl", jsonl(records(t, event="process_start")))
+        write("fork_only.report.txt", section(tracedmp("report", t, cwd=tmp), "Spawn check"))
+
+        t = trace("manager", tmp)
+        write("manager.report.txt", section(tracedmp("report", t, "--channel", "manager",
+                                                     cwd=tmp), "By type"))
+
+
+if __name__ == "__main__":
+    main()
