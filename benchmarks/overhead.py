@@ -34,8 +34,9 @@ OFF_GOAL = 1.01
 def run_once(mode: str, name: str, trace_dir: str) -> float:
     env = dict(os.environ)
     env.pop("TRACEDMP_AUTOSTART", None)
-    if mode == "traced":
+    if mode in ("traced", "cloudpickle"):
         env["TRACEDMP_TRACE"] = os.path.join(trace_dir, f"{name}-{time.monotonic_ns()}.jsonl")
+        env["TRACEDMP_PICKLER"] = "pickle" if mode == "traced" else "cloudpickle"
     elif mode == "off":
         env["TRACEDMP_TRACE"] = "off"
     out = subprocess.run(
@@ -67,7 +68,10 @@ def main() -> int:
     print(f"# {platform.python_implementation()} {platform.python_version()} on "
           f"{platform.machine()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}; "
           f"medians of {args.repeat}")
+    cloud_vs_traced = "cloudpickle" in modes and "traced" in modes
     header = f"{'workload':28} {'plain s':>9} " + " ".join(f"{m + '/plain':>13}" for m in modes[1:])
+    if cloud_vs_traced:
+        header += f" {'cloud/traced':>13}"
     print(header + "   goal")
     table = {}
     for name in names:
@@ -78,11 +82,16 @@ def main() -> int:
             m: statistics.median(t / p for t, p in zip(results[name][m], results[name]["plain"]))
             for m in modes[1:]
         }
+        extra = ""
+        if cloud_vs_traced:
+            ratios["cloudpickle/traced"] = statistics.median(
+                c / t for c, t in zip(results[name]["cloudpickle"], results[name]["traced"]))
+            extra = f" {ratios['cloudpickle/traced']:13.3f}"
         table[name] = {"median_s": med, "ratio": ratios, "runs": results[name]}
         goal = GOALS.get(name)
         goal_s = f"traced<={goal}" if goal else ""
         print(f"{name:28} {med['plain']:9.3f} "
-              + " ".join(f"{ratios[m]:13.3f}" for m in modes[1:]) + f"   {goal_s}")
+              + " ".join(f"{ratios[m]:13.3f}" for m in modes[1:]) + extra + f"   {goal_s}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"python": platform.python_version(), "cores": os.cpu_count(),

@@ -1,7 +1,8 @@
 """Workloads timed by overhead.py, each run in a fresh interpreter: ``python workloads.py MODE NAME``.
 
 MODE is ``plain`` (import multiprocessing), ``traced`` (import tracedmp as multiprocessing, with
-TRACEDMP_TRACE set by the caller) or ``off`` (import tracedmp, TRACEDMP_TRACE=off).  The script
+TRACEDMP_TRACE set by the caller), ``cloudpickle`` (traced, TRACEDMP_PICKLER=cloudpickle) or
+``off`` (import tracedmp, TRACEDMP_TRACE=off).  The script
 prints the seconds the workload itself took, as JSON, leaving interpreter start-up out.
 """
 
@@ -131,9 +132,13 @@ WORKLOADS = {f.__name__: f for f in (
 )}
 
 if __name__ == "__main__":
+    # Run the workloads from the importable module, not from __main__: cloudpickle would send
+    # __main__'s functions by value, and the comparison is about module-level functions.
+    import workloads
+
     mode, name = sys.argv[1], sys.argv[2]
     if mode == "plain":
         import multiprocessing as mp
     else:
         import tracedmp as mp
-    print(json.dumps({"seconds": WORKLOADS[name](mp)}))
+    print(json.dumps({"seconds": workloads.WORKLOADS[name](mp)}))

@@ -197,3 +197,67 @@ if __name__ == "__main__":
     assert locked["hint"].startswith("a lock cannot be sent")
     assert all(r["pickled"] is False for r in starts.values())
     assert not run.events("pickle", channel="process")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_cloudpickle_on_pipes_queues_executors_and_managers(run_program, method):
+    run = run_program("""
+import concurrent.futures, json, sys
+import tracedmp as multiprocessing
+
+def call(conn):
+    fn = conn.recv()
+    conn.send(fn(20))
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context(sys.argv[1])
+    offset = 2
+    a, b = ctx.Pipe()
+    p = ctx.Process(target=call, args=(b,))
+    p.start()
+    a.send(lambda x: x + offset)
+    piped = a.recv()
+    p.join()
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as ex:
+        executed = ex.submit(lambda: offset * 10).result(timeout=60)
+    with ctx.Manager() as m:
+        d = m.dict()
+        d["f"] = lambda: 1  # the manager's server must unpickle it too
+        managed = d["f"]()
+    print(json.dumps([piped, executed, managed]))
+""", method, env={"TRACEDMP_PICKLER": "cloudpickle"})
+    assert run.returncode == 0, run.stderr
+    assert run.output() == [22, 20, 1]
+    by_channel = {}
+    for r in run.events("pickle"):
+        for c in r["callables"]:
+            if c["kind"] == "value" and "<lambda>" in c["name"]:
+                by_channel.setdefault(r["channel"], set()).add(r["pid"])
+    assert {"pipe", "executor.call", "manager"} <= set(by_channel)
+    assert not run.events("pickle_error")
+
+
+def test_bound_method_of_an_object_holding_a_lock(run_program):
+    run = run_program("""
+import threading
+import tracedmp as multiprocessing
+
+class Counter:
+    def __init__(self):
+        self.lock = threading.Lock()
+    def bump(self, x):
+        return x + 1
+
+if __name__ == "__main__":
+    counter = Counter()
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        try:
+            pool.map(counter.bump, [1])
+        except TypeError as e:
+            print(e)
+""")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "cannot pickle '_thread.lock' object\n"
+    [err] = run.events("pickle_error")
+    assert err["path"] == "task.func.__self__.lock"
+    assert err["hint"].startswith("a lock cannot be sent")
