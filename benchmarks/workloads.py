@@ -1,4 +1,4 @@
-"""Workloads timed by overhead.py, each run in a fresh interpreter: ``python workloads.py MODE NAME``.
+"""Workloads timed by overhead.py, each in a fresh interpreter: ``python workloads.py MODE NAME``.
 
 MODE is ``plain`` (import multiprocessing), ``traced`` (import tracedmp as multiprocessing, with
 TRACEDMP_TRACE set by the caller), ``cloudpickle`` (traced, TRACEDMP_PICKLER=cloudpickle) or

@@ -1,8 +1,5 @@
 """One record per pickle that crosses a process boundary, on every channel, start method, side."""
 
-import json
-import os
-import sys
 
 import pytest
 
@@ -95,7 +92,8 @@ if __name__ == "__main__":
         assert set(parts) == {"preparation_data", "process_object"}
         assert parts["preparation_data"]["type"] == "builtins.dict"
         obj = parts["process_object"]
-        assert obj["type"] == f"multiprocessing.context.{ {'spawn': 'Spawn', 'forkserver': 'ForkServer'}[method]}Process"
+        prefix = {"spawn": "Spawn", "forkserver": "ForkServer"}[method]
+        assert obj["type"] == f"multiprocessing.context.{prefix}Process"
         names = {c["name"]: c["kind"] for c in obj["callables"]}
         assert names["__main__.target"] == "reference"
         assert names["__main__.Payload"] == "reference"
@@ -112,7 +110,8 @@ def child(q, jq, sq, conn, report):
     sq.put(("simple",))
     conn.send(Payload(5))
     with open(report, "w") as f:  # what plain multiprocessing would send, seen in the child
-        json.dump([size(["from", "child"]), size({"job": 1}), size(("simple",)), size(Payload(5))], f)
+        json.dump([size(["from", "child"]), size({"job": 1}), size(("simple",)),
+                   size(Payload(5))], f)
 
 if __name__ == "__main__":
     ctx = multiprocessing.get_context(sys.argv[1])

@@ -88,7 +88,8 @@ def test_first_use_starts_tracing_to_a_default_file_and_says_where(monkeypatch, 
     assert b.recv() == "x"
     assert tracedmp.is_tracing()
     trace = tracedmp.get_config().trace
-    assert os.path.dirname(trace) == str(tmp_path) and os.path.basename(trace).startswith("tracedmp-")
+    assert os.path.dirname(trace) == str(tmp_path)
+    assert os.path.basename(trace).startswith("tracedmp-")
     err = capsys.readouterr().err
     assert f"tracedmp: tracing to {trace}" in err and "TRACEDMP_TRACE=off" in err
     tracedmp.Pipe()  # said once only

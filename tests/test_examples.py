@@ -1,4 +1,4 @@
-"""Every program in examples/ runs, traced with `tracedmp run`, and shows what it is there to show."""
+"""Every program in examples/ runs traced with `tracedmp run` and shows what it is there to show."""
 
 import os
 import subprocess

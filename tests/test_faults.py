@@ -1,7 +1,6 @@
 """Faults: killed workers, terminated pools, parents that do not join, closed trace files.
 The program behaves as it would untraced, and the trace stays readable."""
 
-import json
 
 from tracedmp import read_trace
 

@@ -1,4 +1,4 @@
-"""The trace file: whole lines from many writers, and write failures that never reach the program."""
+"""The trace file: whole lines from many writers; write failures never reach the program."""
 
 import json
 import os

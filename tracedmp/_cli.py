@@ -1,4 +1,4 @@
-"""The ``tracedmp`` command: thin over the library, one clear line and a non-zero exit on failure."""
+"""The ``tracedmp`` command: thin over the library; one clear line and exit 2 on failure."""
 
 from __future__ import annotations
 

@@ -145,7 +145,8 @@ def _check_trace(value: Any, name: str) -> Union[str, bool, None]:
 def _check_pickler(value: Any, name: str) -> str:
     if isinstance(value, str) and value.strip().lower() in PICKLERS:
         return value.strip().lower()
-    raise ConfigError(f"{name}={value!r} is not a pickler tracedmp knows; use 'pickle' or 'cloudpickle'")
+    raise ConfigError(
+        f"{name}={value!r} is not a pickler tracedmp knows; use 'pickle' or 'cloudpickle'")
 
 
 def _check_bool(value: Any, name: str) -> bool:

@@ -27,7 +27,7 @@ from . import _tracer
 from ._tracer import FORMAT_VERSION
 from ._channels import carrier_channel, pool_start_method, receiver_channel
 
-__all__ = ["TracingCloudPickler", "TracingPickler", "pickler_class", "qualified_name"]
+__all__ = ["TracingPickler", "pickler_class", "qualified_name", "traced_dump", "traced_loads"]
 
 # Objects the trace lists under "callables": functions, methods and classes (any metaclass).
 _CALLABLE_TYPES = frozenset(

@@ -385,7 +385,8 @@ def render_text(data: Dict[str, Any]) -> str:
         add("")
         add("Largest pickles")
         for r in data["largest"]:
-            names = ", ".join(f"{c.get('name')} ({c.get('kind')})" for c in r.get("callables") or [])
+            names = ", ".join(f"{c.get('name')} ({c.get('kind')})"
+                              for c in r.get("callables") or [])
             times = f" x{r['count']}" if r.get("count", 1) > 1 else ""
             add(f"  {_fmt_bytes(r['size']):>10}{times:>6}  {r['channel']:<14} {r['type']}  in "
                 f"{r['process']} (pid {r['pid']})" + (f"  names: {names}" if names else ""))
