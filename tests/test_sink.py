@@ -122,3 +122,31 @@ except Exception as e:
     odd = [json.loads(x) for x in lines[:-1] if b"line\\nbreak" in x]
     assert odd and odd[0]["event"] in ("pickle", "pickle_error")
     assert "\\udcff" in odd[0]["type"]
+
+
+def test_fast_rendering_matches_the_record_dicts(tmp_path):
+    """Repeated kinds of records are rendered from templates; they must equal the dict path's."""
+    import tracedmp
+    from multiprocessing import pool
+
+    def run(path, processors):
+        tracedmp.configure(trace=path, processors=processors)
+        a, b = tracedmp.get_context("fork").Pipe()
+        for obj in (1, "x%sy", (7, 0, pool.mapstar, ((abs, (1,)),), {}), [abs], abs, pool.Pool):
+            for _ in range(2):
+                a.send(obj)
+                b.recv()
+        tracedmp.uninstall()
+        tracedmp.reset_config()
+        tracedmp._tracer._implicit_allowed = True
+        with open(path) as f:
+            return [r for r in map(json.loads, f) if r["event"] == "pickle"]
+
+    fast = run(tmp_path / "fast.jsonl", [])
+    slow = run(tmp_path / "slow.jsonl", [lambda logger, name, event: event])  # forces dicts
+    assert len(fast) == len(slow) == 12
+    for f, s in zip(fast, slow):
+        assert list(f) == list(s)  # same fields, same order
+        for key in ("ts", "seq", "duration_ns"):
+            f.pop(key), s.pop(key)
+        assert f == s

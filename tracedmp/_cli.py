@@ -86,6 +86,10 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--depth", type=_positive, default=8, help="levels shown (default 8)")
     explain.add_argument("--json", action="store_true", help="print the tree as JSON")
     explain.set_defaults(func=_explain)
+
+    from ._bench import add_parser as add_bench
+
+    add_bench(sub)
     return parser
 
 
