@@ -47,8 +47,7 @@ class TraceFile:
         # several us of system time a record); a line appended to a bytearray is freed at once.
         self._buffer: "bytearray | None" = bytearray() if buffered else None
         self._since = 0.0
-        # Re-entrant: a signal handler that sends something may write while its thread holds it.
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()  # serializes flushes only
 
     def open(self) -> None:
         """Open (creating) the file now; raise :class:`TraceFileError` naming the path if not."""
@@ -69,26 +68,37 @@ class TraceFile:
         if buffer is None:
             self._write(line)
             return
-        with self._lock:
-            if not buffer:
-                self._since = monotonic()
-            buffer += line
-            if len(buffer) >= self.BUFFER_BYTES or monotonic() - self._since >= self.BUFFER_SECONDS:
-                self._flush_locked()
+        if not buffer:
+            self._since = monotonic()
+        buffer += line  # one C call: atomic under the GIL, appending needs no lock
+        if len(buffer) >= self.BUFFER_BYTES or monotonic() - self._since >= self.BUFFER_SECONDS:
+            # A flush already under way (another thread's, or the one a signal handler
+            # interrupted) leaves these lines to the next: never wait here.
+            if self._lock.acquire(blocking=False):
+                try:
+                    self._flush_locked()
+                finally:
+                    self._lock.release()
 
     def flush(self, *, then_write_through: bool = False) -> None:
         """Write out what is buffered; optionally stop buffering (at exit)."""
         if self._buffer is None:
             return
-        with self._lock:
-            self._flush_locked()
-            if then_write_through:
-                self._buffer = None
+        # Bounded wait: a flush interrupted by a signal whose handler flushes must not deadlock.
+        if self._lock.acquire(timeout=5):
+            try:
+                self._flush_locked()
+                if then_write_through:
+                    old, self._buffer = self._buffer, None
+                    if old:  # appended by another thread while the first write ran
+                        self._write(bytes(old))
+            finally:
+                self._lock.release()
 
     def after_fork_in_child(self) -> None:
         # The parent keeps (and writes) its own buffer; a child writes through.
         self._buffer = None
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
 
     def _flush_locked(self) -> None:
         buffer = self._buffer
@@ -96,7 +106,7 @@ class TraceFile:
             # A copy: a signal handler that runs while os.write retries (EINTR) may append to
             # the buffer, which a bytearray exported to os.write would refuse.
             data = bytes(buffer)
-            del buffer[:len(data)]  # lines a signal handler added meanwhile stay
+            del buffer[:len(data)]  # lines other threads added meanwhile stay
             self._write(data)
 
     def _write(self, line: bytes) -> None:
