@@ -12,7 +12,8 @@ from __future__ import annotations
 import threading
 from typing import Any, Dict, Tuple
 
-__all__ = ["bind", "carrier_channel", "pool_start_method", "receiver_channel", "reset_after_fork"]
+__all__ = ["attribute", "bind", "carrier_channel", "pool_start_method", "receiver_channel",
+           "reset_after_fork"]
 
 _send: Tuple[Any, Any] = (None, None)  # Connection.send, SimpleQueue.put
 _recv: Tuple[Any, Any, Any] = (None, None, None)  # Connection.recv, SimpleQueue.get, Queue.get
@@ -106,6 +107,24 @@ def _feeder_channel(frame: Any) -> str:
             pass
         _local.feed_channel = channel
     return channel
+
+
+def attribute(frame: Any) -> Tuple[str, Any]:
+    """``(channel, start method or None)`` for a pickle made by the function in ``frame``."""
+    # Most threads keep pickling from the same call site (a Pool's task handler, a feeder
+    # thread, a worker's result put): remember the last one per thread.
+    code = frame.f_code
+    caller = frame.f_back
+    caller_code = caller.f_code if caller is not None else None
+    last = getattr(_local, "last", None)
+    if last is not None and last[0] is code and last[1] is caller_code:
+        return last[2], last[3]
+    channel = carrier_channel(frame)
+    if channel == "pool.control":  # rare, and the main thread may serve several Pools
+        return channel, pool_start_method(frame, channel)
+    method = pool_start_method(frame, channel) if channel == "pool.task" else None
+    _local.last = (code, caller_code, channel, method)
+    return channel, method
 
 
 def pool_start_method(frame: Any, channel: str) -> Any:

@@ -157,5 +157,8 @@ def _target_name(process_obj: Any, qualified_name: Any) -> Optional[str]:
 def _after_fork_in_child() -> None:
     global _local
     _local = threading.local()
+    from . import _pickler
+
+    _pickler.reset_after_fork()
     if _tracer.current is not None:
         _tracer.after_fork_in_child()

@@ -21,11 +21,11 @@ import types
 from multiprocessing import process as _mp_process
 from multiprocessing.reduction import ForkingPickler
 from time import perf_counter_ns, time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from . import _tracer
 from ._tracer import FORMAT_VERSION
-from ._channels import carrier_channel, pool_start_method, receiver_channel
+from ._channels import attribute, carrier_channel, receiver_channel
 
 __all__ = ["TracingPickler", "pickler_class", "qualified_name", "traced_dump", "traced_loads"]
 
@@ -48,9 +48,8 @@ _MAX_ERROR = 500
 class _Traced:
     """What both tracing picklers share: ``dumps`` and the per-pickle notes."""
 
+    __slots__ = ()  # the concrete picklers hold the two notes in slots
     pickler_name = "pickle"
-    _tracedmp_refs: Optional[List[Any]] = None
-    _tracedmp_by_value: Optional[set] = None
 
     @classmethod
     def dumps(cls, obj: Any, protocol: Optional[int] = None) -> memoryview:
@@ -61,6 +60,7 @@ class _Traced:
             pickler.dump(obj)
             return buf.getbuffer()
         refs = pickler._tracedmp_refs = []
+        pickler._tracedmp_by_value = None
         start = perf_counter_ns()
         try:
             pickler.dump(obj)
@@ -71,12 +71,9 @@ class _Traced:
         duration = perf_counter_ns() - start
         view = buf.getbuffer()
         try:
-            frame = sys._getframe(1)
-            channel = carrier_channel(frame)
+            channel, method = attribute(sys._getframe(1))
             record_pickle(tracer, obj, len(view), duration, refs, pickler._tracedmp_by_value,
-                          channel, pool_start_method(frame, channel)
-                          if channel.startswith("pool.") and channel != "pool.result" else None,
-                          None)
+                          channel, method, None)
         except Exception as exc:
             _internal_error(exc)
         return view
@@ -84,6 +81,9 @@ class _Traced:
 
 class TracingPickler(_Traced, ForkingPickler):
     """multiprocessing's ForkingPickler, noting the functions and classes it saves."""
+
+    # Slots: no per-pickler instance dict to create on the hot path.
+    __slots__ = ("_tracedmp_refs", "_tracedmp_by_value")
 
     def reducer_override(self, obj: Any) -> Any:
         if type(obj) in _CALLABLE_TYPES or isinstance(obj, type):
@@ -116,6 +116,7 @@ def _cloud_class() -> type:
     class TracingCloudPickler(_Traced, base):
         """cloudpickle's Pickler with ForkingPickler's reducers; notes what went by value."""
 
+        __slots__ = ("_tracedmp_refs", "_tracedmp_by_value")
         pickler_name = "cloudpickle"
         register = ForkingPickler.register
 
@@ -161,6 +162,7 @@ def dump_untraced(obj: Any, file: Any, pickler: Optional[str] = None) -> None:
 
     p = pickler_class(pickler)(file, None) if pickler else _hooks.active_pickler()(file, None)
     p._tracedmp_refs = []
+    p._tracedmp_by_value = None
     p.dump(obj)
 
 
@@ -182,6 +184,7 @@ def traced_dump(obj: Any, file: Any, protocol: Optional[int] = None) -> None:
         file = counter = _CountingWriter(file)
     pickler = cls(file, protocol)
     refs = pickler._tracedmp_refs = []
+    pickler._tracedmp_by_value = None
     channel = "process" if launch is not None else "reducer"
     start = perf_counter_ns()
     try:
@@ -228,12 +231,13 @@ def record_pickle(tracer: Any, obj: Any, size: int, duration: int, refs: list,
         first = refs[0] if n else None
         second = refs[1] if n == 2 else None
         t = type(obj)
+        name = _mp_process._current_process._name
         key = (channel, t, id(first), id(second), first is obj,
-               _mp_process._current_process._name, start_method or _tracer.start_method_here(),
-               _tracer._pid)
+               start_method or _tracer.start_method_here())
         hit = _templates.get(key)
-        if hit is None or hit[0] is not t or hit[1] is not first or hit[2] is not second:
-            hit = _add_template(key, tracer, obj, refs, t, first, second)
+        if hit is None or hit[0] is not t or hit[1] is not first or hit[2] is not second \
+                or hit[4] is not name:
+            hit = _add_template(key, tracer, obj, refs, t, first, second, name)
         if hit is not None:
             tracer.sink.write(hit[3] % (_dumps(time()), next(_tracer._seq), size, duration))
             return
@@ -274,16 +278,22 @@ _NO_CALLABLES: list = []
 # a program sends the same few kinds of message over and over, and formatting four numbers into
 # a template costs a fraction of building a dict and rendering it.  Only for records with no
 # structlog processors to run and callables that travel by reference.  Bounded.
-_templates: Dict[tuple, Tuple[Any, Any, Any, bytes]] = {}
+# The pid is baked into the templates: a forked child starts with none (see reset_after_fork).
+_templates: Dict[tuple, Tuple[Any, Any, Any, bytes, str]] = {}
 try:
     from orjson import dumps as _dumps
 except ImportError:  # pragma: no cover - the dict path renders without orjson
     _dumps = None
 
 
+def reset_after_fork() -> None:
+    _templates.clear()
+
+
 def _add_template(key: tuple, tracer: Any, obj: Any, refs: list, t: type, first: Any,
-                  second: Any) -> Optional[Tuple[Any, Any, Any, bytes]]:
-    channel, _, _, _, _, process, start_method, pid = key
+                  second: Any, process: str) -> Optional[Tuple[Any, Any, Any, bytes, str]]:
+    channel, _, _, _, _, start_method = key
+    pid = _tracer._pid
     if refs:
         callables = _callables(refs, None)
         cached = _lists.get((id(first), id(second)))
@@ -312,7 +322,7 @@ def _add_template(key: tuple, tracer: Any, obj: Any, refs: list, t: type, first:
         return None
     if len(_templates) >= _ENTRIES_LIMIT:
         _templates.clear()
-    hit = _templates[key] = (t, first, second, template)
+    hit = _templates[key] = (t, first, second, template, process)
     return hit
 
 
