@@ -12,7 +12,7 @@ EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 
 
 def run_example(tmp_path, name, *extra):
-    trace = tmp_path / f"{name}.jsonl"
+    trace = tmp_path / f"{os.path.basename(name)}.jsonl"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRACEDMP_")}
     proc = subprocess.run(
         [sys.executable, "-m", "tracedmp", "run", *extra, "--trace", str(trace),
@@ -70,3 +70,31 @@ def test_executor_traced_without_tracedmp_run(tmp_path):
     assert proc.stdout.strip() == "[7, 158, 2568]"
     channels = {r.channel for r in read_trace(tmp_path / "ex.jsonl")}
     assert {"executor.call", "executor.result", "process"} <= channels
+
+
+def test_cookbook_initializer_sends_the_table_once_per_worker(tmp_path):
+    out, records = run_example(tmp_path, os.path.join("cookbook", "initializer"))
+    assert out.strip() == str(sum(2 * i for i in range(40)))
+    tasks = [r for r in records if r.channel == "pool.task" and r.type == "builtins.tuple"]
+    launches = [r for r in records if r.channel == "process" and r.part == "process_object"]
+    assert tasks and max(r.size for r in tasks) < 500  # the table no longer rides along
+    assert len(launches) == 2 and all(r.size > 70_000 for r in launches)  # once per worker
+
+
+def test_cookbook_structlog_forwarding(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACEDMP_")}
+    proc = subprocess.run([sys.executable, os.path.join(EXAMPLES, "cookbook",
+                                                        "forward_to_structlog.py")],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "tracedmp.process_start" in proc.stdout
+    assert (tmp_path / "trace.jsonl").exists()
+
+
+def test_cookbook_pytest_fixture(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACEDMP_")}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           os.path.join(EXAMPLES, "cookbook", "test_pickles_in_pytest.py")],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 passed" in proc.stdout
