@@ -59,6 +59,19 @@ def section(report: str, title: str) -> str:
     return "\n".join(lines[start:end])
 
 
+def readme(name: str, text: str) -> None:
+    """Replace README.md's generated block ``name`` with ``text``."""
+    path = os.path.join(ROOT, "README.md")
+    with open(path) as f:
+        content = f.read()
+    start = content.index(f"<!-- generated: {name} ")
+    start = content.index("\n", start) + 1
+    end = content.index("<!-- end generated -->", start)
+    with open(path, "w") as f:
+        f.write(content[:start] + text.rstrip("\n") + "\n" + content[end:])
+    print(f"updated README.md ({name})")
+
+
 def main() -> None:
     os.makedirs(OUT, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -72,7 +85,13 @@ def main() -> None:
         t = trace("pool_big_argument", tmp)
         task = next(r for r in records(t, channel="pool.task") if r["type"] == "builtins.tuple")
         write("pool_task.record.json", json.dumps(task, indent=1))
-        write("pool_big_argument.report.txt", tracedmp("report", t, cwd=tmp))
+        report = tracedmp("report", t, cwd=tmp)
+        write("pool_big_argument.report.txt", report)
+        shown = [section(report, "By channel"), "...", section(report, "Process starts"), "...",
+                 section(report, "Findings")]
+        readme("report", "```text\n$ tracedmp report trace.jsonl\n" + "\n".join(shown)
+               + "\n```")
+        readme("record", "```json\n" + json.dumps(task, separators=(",", ":")) + "\n```")
         write("explain_function.txt", tracedmp("explain", "pool_big_argument.score", cwd=EXAMPLES))
         write("explain_task.txt", tracedmp(
             "explain", "(7, 0, multiprocessing.pool.mapstar, ((pool_big_argument.score, "
