@@ -1,0 +1,15 @@
+# Driver package for test_multiprocessing_forkserver, recreated for Pythons whose install lacks
+# it (3.11.7 and 3.12.1 here); same as 3.13's Lib/test/test_multiprocessing_forkserver/__init__.py.
+import os.path
+import sys
+import unittest
+from test import support
+
+if support.PGO:
+    raise unittest.SkipTest("test is not helpful for PGO")
+
+if sys.platform == "win32":
+    raise unittest.SkipTest("forkserver is not available on Windows")
+
+def load_tests(*args):
+    return support.load_package_tests(os.path.dirname(__file__), *args)
