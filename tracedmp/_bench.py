@@ -29,6 +29,7 @@ import time
 from multiprocessing.reduction import ForkingPickler
 from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 
+from ._cli import _positive
 from ._errors import TracedmpError
 
 __all__ = ["add_parser", "run"]
@@ -617,16 +618,6 @@ def _check_plot(path: Optional[str]) -> None:
 
     if importlib.util.find_spec("matplotlib") is None:
         raise TracedmpError("--plot needs matplotlib: pip install matplotlib")
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
-    return value
 
 
 def _chunksizes(text: str) -> List[int]:

@@ -127,6 +127,9 @@ class TraceFile:
 
     def close(self) -> None:
         self.flush()
+        self._close_fd()
+
+    def _close_fd(self) -> None:
         fd, self._fd = self._fd, -1
         if fd >= 0:
             try:
@@ -136,12 +139,7 @@ class TraceFile:
 
     def _fail(self, message: str) -> None:
         self._buffer = None
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        self._close_fd()
         self.failed = True
         try:
             sys.stderr.write(f"tracedmp: {message}; tracing stopped in process {os.getpid()}\n")

@@ -227,13 +227,8 @@ def deactivate() -> None:
 
 def activate_implicitly() -> None:
     """First use of tracedmp's multiprocessing API: start tracing unless it is off."""
-    global _implicit_allowed
-    if current is not None or not _implicit_allowed:
-        return
-    _implicit_allowed = False
-    cfg = _config.resolve()
-    if cfg.enabled:
-        activate(cfg)
+    if current is None and _implicit_allowed:
+        install()
 
 
 def install() -> None:
