@@ -261,3 +261,47 @@ if __name__ == "__main__":
     [err] = run.events("pickle_error")
     assert err["path"] == "task.func.__self__.lock"
     assert err["hint"].startswith("a lock cannot be sent")
+
+
+def test_objects_that_mutate_while_being_pickled(run_program):
+    code = """
+import json, sys
+if sys.argv[1] == "traced":
+    import tracedmp as multiprocessing
+else:
+    import multiprocessing
+
+class Grows:
+    def __init__(self, box):
+        self.box = box
+    def __reduce__(self):
+        self.box["added while pickling"] = 1  # mutates the dict being pickled
+        return (Grows, ({},))
+
+class Shrinks:
+    def __init__(self, items):
+        self.items = items
+    def __reduce__(self):
+        self.items.clear()
+        return (Shrinks, ([],))
+
+if __name__ == "__main__":
+    a, b = multiprocessing.Pipe()
+    out = []
+    box = {}
+    box["x"] = Grows(box)
+    for obj in (box, [Shrinks([1, 2, 3]), 4]):
+        try:
+            a.send(obj)
+            out.append(repr(type(b.recv())))
+        except Exception as e:
+            out.append(type(e).__name__ + ": " + str(e))
+    print(json.dumps(out))
+"""
+    plain = run_program(code, "plain", env={"TRACEDMP_TRACE": "off"})
+    traced = run_program(code, "traced")
+    assert plain.returncode == traced.returncode == 0, traced.stderr
+    assert traced.output() == plain.output()
+    assert traced.output()[0].startswith("RuntimeError: dictionary changed size")
+    [err] = traced.events("pickle_error")
+    assert err["error"].startswith("RuntimeError") and err["channel"] == "pipe"
