@@ -301,7 +301,8 @@ if __name__ == "__main__":
     plain = run_program(code, "plain", env={"TRACEDMP_TRACE": "off"})
     traced = run_program(code, "traced")
     assert plain.returncode == traced.returncode == 0, traced.stderr
-    assert traced.output() == plain.output()
-    assert traced.output()[0].startswith("RuntimeError: dictionary changed size")
-    [err] = traced.events("pickle_error")
-    assert err["error"].startswith("RuntimeError") and err["channel"] == "pipe"
+    assert traced.output() == plain.output()  # whatever pickle makes of it, the same
+    failed = [x for x in plain.output() if not x.startswith("<class")]
+    errors = traced.events("pickle_error")
+    assert [e["error"] for e in errors] == failed
+    assert len(traced.events("pickle", channel="pipe")) == 2 - len(failed)
