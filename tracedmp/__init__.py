@@ -30,7 +30,6 @@ from multiprocessing import (
     set_forkserver_preload,
     set_start_method,
 )
-from typing import Any
 
 from ._api import (
     Array,
@@ -55,10 +54,15 @@ from ._api import (
 )
 from ._config import Config, configure, get_config, reset_config
 from ._errors import ConfigError, TraceFileError, TraceFormatError, TracedmpError
-from ._reader import Record, Trace, read_trace
-from ._report import summarize
 from ._tracer import FORMAT_VERSION, install, is_tracing, uninstall
 from ._version import __version__
+
+TYPE_CHECKING = False  # what a spawned child imports must be light: it pays at every start
+if TYPE_CHECKING:
+    from typing import Any
+
+    from ._reader import Record, Trace, read_trace
+    from ._report import summarize
 
 # multiprocessing's names, then ours.
 __all__ = [
@@ -120,7 +124,16 @@ __all__ = [
 ]
 
 
+# The trace-reading API, imported on first use: children import this package, never read.
+_LAZY = {"Record": "_reader", "Trace": "_reader", "read_trace": "_reader", "summarize": "_report"}
+
+
 def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is not None:
+        value = getattr(_importlib.import_module(f"{__name__}.{module}"), name)
+        globals()[name] = value
+        return value
     # Whatever else multiprocessing has (SUBDEBUG, a newer Python's additions, submodules such
     # as tracedmp.pool or tracedmp.shared_memory) is multiprocessing's own object.
     try:
@@ -133,3 +146,7 @@ def __getattr__(name: str) -> Any:
         except ModuleNotFoundError:
             pass
     raise AttributeError(f"module 'tracedmp' has no attribute {name!r}")
+
+
+def __dir__() -> "list[str]":
+    return sorted(set(globals()) | set(_LAZY))

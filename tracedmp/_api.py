@@ -10,9 +10,12 @@ from __future__ import annotations
 import functools
 import multiprocessing as _mp
 from multiprocessing import context as _context
-from typing import Any, Callable
 
 from ._tracer import activate_implicitly
+
+TYPE_CHECKING = False  # typing costs milliseconds to import, in every spawned child
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 __all__ = [
     "Array", "Barrier", "BoundedSemaphore", "Condition", "Event", "JoinableQueue", "Lock",

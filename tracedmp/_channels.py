@@ -10,7 +10,10 @@ a code object hashes its constants, which costs microseconds.
 from __future__ import annotations
 
 import threading
-from typing import Any, Dict, Tuple
+
+TYPE_CHECKING = False  # typing costs milliseconds to import, in every spawned child
+if TYPE_CHECKING:
+    from typing import Any, Dict, Tuple
 
 __all__ = ["attribute", "bind", "carrier_channel", "pool_start_method", "receiver_channel",
            "reset_after_fork"]
@@ -25,15 +28,17 @@ _CACHE_LIMIT = 4096
 _local = threading.local()
 
 
-def bind() -> None:
-    """Learn the code objects of the stdlib carriers (after multiprocessing is imported)."""
+def bind(module: Any) -> None:
+    """Learn the code objects of the carriers ``module`` (connection or queues) defines."""
     global _send, _recv, _feed
-    from multiprocessing import connection, queues
-
-    conn = connection._ConnectionBase
-    _send = (conn.send.__code__, queues.SimpleQueue.put.__code__)
-    _recv = (conn.recv.__code__, queues.SimpleQueue.get.__code__, queues.Queue.get.__code__)
-    _feed = queues.Queue._feed.__code__
+    if module.__name__ == "multiprocessing.connection":
+        conn = module._ConnectionBase
+        _send = (conn.send.__code__, _send[1])
+        _recv = (conn.recv.__code__, _recv[1], _recv[2])
+    else:
+        _send = (_send[0], module.SimpleQueue.put.__code__)
+        _recv = (_recv[0], module.SimpleQueue.get.__code__, module.Queue.get.__code__)
+        _feed = module.Queue._feed.__code__
     _by_caller.clear()
 
 

@@ -9,7 +9,10 @@ none of this: they inherit the parent's hooks and open trace file.
 from __future__ import annotations
 
 import sys
-from typing import Any, Dict
+
+TYPE_CHECKING = False  # typing costs milliseconds to import, in every spawned child
+if TYPE_CHECKING:
+    from typing import Any, Dict
 
 __all__ = ["ChildSettings", "attach", "detach"]
 

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, replace
-from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 from ._errors import ConfigError
+
+TYPE_CHECKING = False  # typing and dataclasses cost milliseconds in every spawned child
+if TYPE_CHECKING:
+    from typing import Any, Callable, Optional, Sequence, Tuple, Union
+
+    Processor = Callable[[Any, str, dict], Any]
 
 __all__ = ["Config", "configure", "get_config", "reset_config"]
 
@@ -23,29 +27,56 @@ ENV_CHECK_SPAWN = "TRACEDMP_CHECK_SPAWN"
 _OFF = {"off", "0", "false", "no", "none", ""}
 _ON = {"1", "true", "yes", "on"}
 
-Processor = Callable[[Any, str, dict], Any]
-
-
-@dataclass(frozen=True)
 class Config:
-    """The settings tracing runs with.
+    """The settings tracing runs with (read-only; ``configure()`` changes them).
 
     ``trace`` is the trace file's path, ``False`` when tracing is off, or ``None`` before tracing
     starts when no path was chosen (a default file in the working directory is then used).
     """
 
-    trace: Union[str, bool, None] = None
-    pickler: str = "pickle"
-    unpickle: bool = False
-    check_spawn: bool = False
-    processors: Tuple[Processor, ...] = ()
+    __slots__ = ("trace", "pickler", "unpickle", "check_spawn", "processors")
+
+    trace: Union[str, bool, None]
+    pickler: str
+    unpickle: bool
+    check_spawn: bool
+    processors: Tuple[Processor, ...]
+
+    def __init__(self, trace: Union[str, bool, None] = None, pickler: str = "pickle",
+                 unpickle: bool = False, check_spawn: bool = False,
+                 processors: Tuple[Processor, ...] = ()) -> None:
+        for name, value in zip(self.__slots__, (trace, pickler, unpickle, check_spawn,
+                                                processors)):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"Config is read-only; use tracedmp.configure({name}=...)")
+
+    def replace(self, **changes: Any) -> "Config":
+        """A copy with ``changes`` applied."""
+        values = {name: getattr(self, name) for name in self.__slots__}
+        values.update(changes)
+        return Config(**values)
+
+    def _values(self) -> tuple:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Config) and self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"Config({fields})"
 
     @property
     def enabled(self) -> bool:
         return self.trace is not False
 
 
-_UNSET: Any = object()
+_UNSET = object()
 _explicit: dict = {}
 
 
@@ -109,14 +140,14 @@ def resolve() -> Config:
     env = os.environ
     cfg = Config()
     if ENV_TRACE in env:
-        cfg = replace(cfg, trace=_check_trace(env[ENV_TRACE], ENV_TRACE))
+        cfg = cfg.replace(trace=_check_trace(env[ENV_TRACE], ENV_TRACE))
     if ENV_PICKLER in env:
-        cfg = replace(cfg, pickler=_check_pickler(env[ENV_PICKLER], ENV_PICKLER))
+        cfg = cfg.replace(pickler=_check_pickler(env[ENV_PICKLER], ENV_PICKLER))
     if ENV_UNPICKLE in env:
-        cfg = replace(cfg, unpickle=_env_bool(env[ENV_UNPICKLE], ENV_UNPICKLE))
+        cfg = cfg.replace(unpickle=_env_bool(env[ENV_UNPICKLE], ENV_UNPICKLE))
     if ENV_CHECK_SPAWN in env:
-        cfg = replace(cfg, check_spawn=_env_bool(env[ENV_CHECK_SPAWN], ENV_CHECK_SPAWN))
-    return replace(cfg, **_explicit)
+        cfg = cfg.replace(check_spawn=_env_bool(env[ENV_CHECK_SPAWN], ENV_CHECK_SPAWN))
+    return cfg.replace(**_explicit)
 
 
 def default_trace_path() -> str:

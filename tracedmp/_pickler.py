@@ -21,11 +21,14 @@ import types
 from multiprocessing import process as _mp_process
 from multiprocessing.reduction import ForkingPickler
 from time import perf_counter_ns, time
-from typing import Any, Dict, Optional, Tuple
 
 from . import _tracer
 from ._tracer import FORMAT_VERSION
 from ._channels import attribute, carrier_channel, receiver_channel
+
+TYPE_CHECKING = False  # typing costs milliseconds to import, in every spawned child
+if TYPE_CHECKING:
+    from typing import Any, Dict, Optional, Tuple
 
 __all__ = ["TracingPickler", "pickler_class", "qualified_name", "traced_dump", "traced_loads"]
 
@@ -225,8 +228,7 @@ def _record_unpickle(tracer: Any, obj: Any, data: Any, duration: int, channel: s
 def record_pickle(tracer: Any, obj: Any, size: int, duration: int, refs: list,
                   by_value: Optional[set], channel: str, start_method: Optional[str],
                   extra: Optional[dict]) -> None:
-    if extra is None and by_value is None and len(refs) <= 2 and _dumps is not None \
-            and not tracer._processors:
+    if extra is None and by_value is None and len(refs) <= 2 and not tracer._processors:
         n = len(refs)
         first = refs[0] if n else None
         second = refs[1] if n == 2 else None
@@ -280,11 +282,7 @@ _NO_CALLABLES: list = []
 # structlog processors to run and callables that travel by reference.  Bounded.
 # The pid is baked into the templates: a forked child starts with none (see reset_after_fork).
 _templates: Dict[tuple, Tuple[Any, Any, Any, bytes, str]] = {}
-try:
-    from orjson import dumps as _dumps
-except ImportError:  # pragma: no cover - the dict path renders without orjson
-    _dumps = None
-
+_dumps = None  # orjson.dumps once the first template is made
 
 def reset_after_fork() -> None:
     _templates.clear()
@@ -292,6 +290,12 @@ def reset_after_fork() -> None:
 
 def _add_template(key: tuple, tracer: Any, obj: Any, refs: list, t: type, first: Any,
                   second: Any, process: str) -> Optional[Tuple[Any, Any, Any, bytes, str]]:
+    global _dumps
+    if _dumps is None:
+        try:
+            from orjson import dumps as _dumps
+        except ImportError:  # pragma: no cover - the dict path renders without orjson
+            return None
     channel, _, _, _, _, start_method = key
     pid = _tracer._pid
     if refs:

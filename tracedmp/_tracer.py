@@ -13,30 +13,40 @@ import sys
 import time
 from multiprocessing import context as _mp_context
 from multiprocessing import process as _mp_process
-from typing import Any, Optional
 
 from . import _config
 from ._sink import TraceFile
 from ._version import __version__
 
+TYPE_CHECKING = False  # typing costs milliseconds to import, in every spawned child
+if TYPE_CHECKING:
+    from typing import Any, Optional
+
 __all__ = ["FORMAT_VERSION", "Tracer", "activate", "current", "deactivate", "reconfigure"]
 
 FORMAT_VERSION = 1
 
-try:
-    import orjson
+_dumps = None  # orjson.dumps, imported with the first record (not in children that send none)
 
-    _OPT = orjson.OPT_APPEND_NEWLINE
 
-    def _render(record: dict) -> bytes:
-        try:
-            return orjson.dumps(record, option=_OPT)
-        except Exception:  # lone surrogates (undecodable names), odd values from processors
-            return _render_safe(record)
-
-except ImportError:  # pragma: no cover - orjson is a dependency; keep working without it
-    def _render(record: dict) -> bytes:
+def _render(record: dict) -> bytes:
+    global _dumps
+    dumps = _dumps
+    if dumps is None:
+        dumps = _dumps = _load_dumps()
+    try:
+        return dumps(record)
+    except Exception:  # lone surrogates (undecodable names), odd values from processors
         return _render_safe(record)
+
+
+def _load_dumps():  # type: ignore[no-untyped-def]
+    try:
+        import orjson
+    except ImportError:  # pragma: no cover - orjson is a dependency; keep working without it
+        return _render_safe
+    option = orjson.OPT_APPEND_NEWLINE
+    return lambda record: orjson.dumps(record, option=option)
 
 
 def _render_safe(record: dict) -> bytes:
@@ -184,9 +194,7 @@ def activate(config: Optional[_config.Config] = None, *, main: bool = True) -> "
         raise ValueError("tracing is off")
     announce = False
     if cfg.trace is None:
-        from dataclasses import replace
-
-        cfg = replace(cfg, trace=_config.default_trace_path())
+        cfg = cfg.replace(trace=_config.default_trace_path())
         announce = main
     tracer = Tracer(cfg, main=main)
     if main:
@@ -256,9 +264,7 @@ def reconfigure(*, start: bool) -> None:
         return
     cfg = _config.resolve()
     if was_running and cfg.trace is None:
-        from dataclasses import replace
-
-        cfg = replace(cfg, trace=current.config.trace)  # keep the file already announced
+        cfg = cfg.replace(trace=current.config.trace)  # keep the file already announced
     if was_running and cfg == current.config:
         return
     deactivate()
