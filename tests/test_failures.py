@@ -306,3 +306,35 @@ if __name__ == "__main__":
     errors = traced.events("pickle_error")
     assert [e["error"] for e in errors] == failed
     assert len(traced.events("pickle", channel="pipe")) == 2 - len(failed)
+
+
+def test_cloudpickle_register_pickle_by_value_is_respected(tmp_path, monkeypatch):
+    import io
+    import sys
+
+    import cloudpickle
+
+    from tracedmp._pickler import pickler_class
+
+    (tmp_path / "byvalmod.py").write_text("def f(x):\n    return x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import byvalmod
+
+    monkeypatch.setitem(sys.modules, "byvalmod", byvalmod)  # removed again after the test
+
+    def kinds():
+        buf = io.BytesIO()
+        p = pickler_class("cloudpickle")(buf, None)
+        p._tracedmp_refs, p._tracedmp_by_value = [], None
+        p.dump(byvalmod.f)
+        return p._tracedmp_by_value, len(buf.getvalue())
+
+    by_reference = kinds()
+    assert by_reference[0] is None and kinds() == by_reference  # the second from the cache
+    cloudpickle.register_pickle_by_value(byvalmod)
+    try:
+        by_value, size = kinds()
+    finally:
+        cloudpickle.unregister_pickle_by_value(byvalmod)
+    assert by_value == {id(byvalmod.f)} and size > by_reference[1]
+    assert kinds() == by_reference

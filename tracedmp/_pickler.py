@@ -101,6 +101,10 @@ def _cloud_class() -> type:
 
     base = cloudpickle.Pickler
     cloud_table = base.dispatch_table  # cloudpickle's reducers over copyreg's (a ChainMap)
+    # The modules register_pickle_by_value() named (a set cloudpickle keeps; empty if unknown).
+    by_value_modules = getattr(sys.modules.get("cloudpickle.cloudpickle"),
+                               "_PICKLE_BY_VALUE_MODULES", ())
+    _by_reference: Dict[int, Any] = {}
     merged: Dict[Tuple[int, int, int], dict] = {}
 
     def table() -> dict:
@@ -130,17 +134,28 @@ def _cloud_class() -> type:
             return table()
 
         def reducer_override(self, obj: Any) -> Any:
-            reduced = super().reducer_override(obj)
-            if type(obj) in _CALLABLE_TYPES or isinstance(obj, type):
-                self._tracedmp_refs.append(obj)
-                # cloudpickle saves it by value, unless it only names a builtin type
-                # (types.CodeType and the like, looked up by name in the child)
-                if reduced is not NotImplemented and not (
-                    isinstance(obj, type) and obj.__module__ == "builtins"
-                ):
-                    if self._tracedmp_by_value is None:
-                        self._tracedmp_by_value = set()
-                    self._tracedmp_by_value.add(id(obj))
+            is_class = isinstance(obj, type)
+            if not is_class and type(obj) not in _CALLABLE_TYPES:
+                return NotImplemented  # cloudpickle only reduces classes and functions itself
+            self._tracedmp_refs.append(obj)
+            # Deciding "by reference" means looking the name up in its module, every time: the
+            # answer is remembered while no module is registered for pickling by value.
+            if not by_value_modules:
+                known = _by_reference.get(id(obj))
+                if known is obj:
+                    return NotImplemented
+            reduced = base.reducer_override(self, obj)
+            if reduced is NotImplemented:
+                if not by_value_modules and isinstance(obj, _CACHEABLE):
+                    if len(_by_reference) >= _ENTRIES_LIMIT:
+                        _by_reference.clear()
+                    _by_reference[id(obj)] = obj  # importable by name: alive in its module
+            elif not (is_class and obj.__module__ == "builtins"):
+                # by value, unless it only names a builtin type (types.CodeType and the like,
+                # which the child looks up by name)
+                if self._tracedmp_by_value is None:
+                    self._tracedmp_by_value = set()
+                self._tracedmp_by_value.add(id(obj))
             return reduced
 
     TracingCloudPickler.__module__ = __name__
