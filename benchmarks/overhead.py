@@ -24,7 +24,9 @@ from typing import Dict, List
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from workloads import WORKLOADS  # noqa: E402
+from workloads import PEER_WORKLOADS, WORKLOADS  # noqa: E402
+
+PEERS = ("multiprocess", "loky")
 
 # Figures to reach (core and by-value issues): traced/plain, off/plain, cloudpickle/traced.
 GOALS = {"tiny_tasks": 1.15, "big_args": 1.03, "start_spawn": 1.05}
@@ -57,11 +59,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--only", default="", help="comma-separated workload names")
-    parser.add_argument("--modes", default="plain,traced,off,cloudpickle")
+    parser.add_argument("--modes", default="plain,traced,off,cloudpickle,peers",
+                        help="variants; 'peers' adds multiprocess and loky where installed")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args()
     names = [n for n in (args.only.split(",") if args.only else WORKLOADS) if n]
-    modes = args.modes.split(",")
+    modes = []
+    for m in args.modes.split(","):
+        if m == "peers":
+            import importlib.util
+
+            modes += [p for p in PEERS if importlib.util.find_spec(p) is not None]
+        else:
+            modes.append(m)
     assert modes[0] == "plain", "the first mode is the baseline: plain"
     results: Dict[str, Dict[str, List[Dict[str, float]]]] = {
         n: {m: [] for m in modes} for n in names}
@@ -70,6 +80,8 @@ def main() -> int:
             for name in names:
                 order = modes if rep % 2 == 0 else modes[::-1]
                 for mode in order:
+                    if name not in PEER_WORKLOADS.get(mode, {name}):
+                        continue
                     results[name][mode].append(run_once(mode, name, trace_dir))
                     for f in os.listdir(trace_dir):
                         os.unlink(os.path.join(trace_dir, f))
@@ -88,6 +100,9 @@ def main() -> int:
         row = {"plain_s": statistics.median(r["seconds"] for r in runs["plain"])}
         cells = []
         for a, b in columns:
+            if not runs[a]:
+                cells.append(f"{'n/a':>21}")
+                continue
             wall, cpu = paired(runs, a, b, "seconds"), paired(runs, a, b, "cpu")
             row[f"{a}/{b}"] = {"wall": wall, "cpu": cpu}
             cells.append(f"{wall:10.3f} /{cpu:9.3f}")

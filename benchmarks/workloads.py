@@ -1,9 +1,11 @@
 """Workloads timed by overhead.py, each in a fresh interpreter: ``python workloads.py MODE NAME``.
 
 MODE is ``plain`` (import multiprocessing), ``traced`` (import tracedmp as multiprocessing, with
-TRACEDMP_TRACE set by the caller), ``cloudpickle`` (traced, TRACEDMP_PICKLER=cloudpickle) or
-``off`` (import tracedmp, TRACEDMP_TRACE=off).  The script
-prints the seconds the workload itself took, as JSON, leaving interpreter start-up out.
+TRACEDMP_TRACE set by the caller), ``cloudpickle`` (traced, TRACEDMP_PICKLER=cloudpickle),
+``off`` (import tracedmp, TRACEDMP_TRACE=off), or a peer where installed: ``multiprocess``
+(multiprocessing with dill) and ``loky`` (its reusable executor, for the Pool workloads only).
+The script prints the seconds the workload itself took, as JSON, leaving interpreter start-up
+out, and the CPU time of the process tree.
 """
 
 import json
@@ -126,6 +128,36 @@ def queue_roundtrip(mp, n=10_000):
     return elapsed
 
 
+class LokyAsPool:
+    """Just enough of multiprocessing's API to run the Pool workloads on loky's executor."""
+
+    class _Pool:
+        def __init__(self, processes):
+            import loky
+
+            self.processes = processes
+            self.executor = loky.get_reusable_executor(max_workers=processes)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.executor.shutdown(wait=True)
+
+        def map(self, fn, items, chunksize=None):
+            items = list(items)
+            if chunksize is None:  # what Pool.map would choose
+                chunksize, extra = divmod(len(items), self.processes * 4)
+                chunksize += bool(extra)
+            return list(self.executor.map(fn, items, chunksize=max(1, chunksize)))
+
+    def Pool(self, processes):  # noqa: N802 - multiprocessing's name
+        return self._Pool(processes)
+
+
+# Which workloads each peer can run (all, if not listed).
+PEER_WORKLOADS = {"loky": {"tiny_tasks", "tiny_tasks_default_chunks", "big_args", "huge_args"}}
+
 WORKLOADS = {f.__name__: f for f in (
     tiny_tasks, tiny_tasks_default_chunks, big_args, huge_args, start_spawn, start_fork,
     start_forkserver, pipe_roundtrip, queue_roundtrip,
@@ -147,6 +179,10 @@ if __name__ == "__main__":
     mode, name = sys.argv[1], sys.argv[2]
     if mode == "plain":
         import multiprocessing as mp
+    elif mode == "multiprocess":
+        import multiprocess as mp
+    elif mode == "loky":
+        mp = workloads.LokyAsPool()
     else:
         import tracedmp as mp
     before = cpu()
