@@ -205,3 +205,16 @@ def test_explain_cli_expression_and_file(tmp_path):
     (tmp_path / "junk.bin").write_bytes(b"\x00\x01not a pickle")
     proc = cli("explain", "junk.bin", cwd=tmp_path)
     assert proc.returncode == 2 and "not a pickle" in proc.stderr
+
+
+def test_to_pandas(real_trace):
+    trace = read_trace(real_trace)
+    try:
+        import pandas  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match=r"to_pandas\(\) needs pandas: pip install pandas"):
+            trace.to_pandas()
+        return
+    df = trace.to_pandas()
+    assert len(df) == len(list(read_trace(real_trace)))
+    assert {"event", "size", "channel", "callables"} <= set(df.columns)
