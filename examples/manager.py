@@ -10,16 +10,17 @@ the manager's server process: the trace shows both sides of the conversation.
 import multiprocessing
 
 
-def count_words(shared, text):
+def count_words(shared, lock, text):
     for word in text.split():
-        shared[word] = shared.get(word, 0) + 1
+        with lock:  # get-then-set from two processes would race: one more round trip each
+            shared[word] = shared.get(word, 0) + 1
 
 
 def main() -> None:
     ctx = multiprocessing.get_context("spawn")
     with ctx.Manager() as manager:
-        shared = manager.dict()
-        workers = [ctx.Process(target=count_words, args=(shared, text))
+        shared, lock = manager.dict(), manager.Lock()
+        workers = [ctx.Process(target=count_words, args=(shared, lock, text))
                    for text in ("a b a", "b c")]
         for p in workers:
             p.start()
