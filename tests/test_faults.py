@@ -96,3 +96,23 @@ os.closerange(a.fileno() + 2, 1000)
 a.send(2); print(b.recv())
 """, env={"TRACEDMP_TRACE": "trace.jsonl"})
     assert run.returncode == 0 and run.stdout == "2\n"
+
+
+def test_module_level_configure_rerun_in_spawned_children(run_program, tmp_path):
+    # Spawn re-imports the main module in every child: its configure() runs there too, and must
+    # not turn a worker into a "main" process that batches (and loses on terminate) its records.
+    run = run_program("""
+import tracedmp
+tracedmp.configure(trace="configured.jsonl")
+
+def work(x):
+    return x
+
+if __name__ == "__main__":
+    with tracedmp.get_context("spawn").Pool(2) as pool:
+        pool.map(work, range(200), chunksize=1)
+""", env={"TRACEDMP_TRACE": "off"})
+    assert run.returncode == 0, run.stderr
+    records = list(read_trace(tmp_path / "configured.jsonl"))
+    assert [r.event for r in records].count("trace_start") == 1
+    assert len([r for r in records if r.channel == "pool.result"]) == 200

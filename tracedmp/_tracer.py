@@ -84,6 +84,7 @@ class Tracer:
 
     def __init__(self, config: _config.Config, *, main: bool = False) -> None:
         self.config = config
+        self.main = main
         self.sink = TraceFile(config.trace, buffered=main)  # type: ignore[arg-type]
         self.pickler = config.pickler
         self._processors = config.processors
@@ -184,11 +185,24 @@ def after_fork_in_child() -> None:
         current.sink.after_fork_in_child()
 
 
-def activate(config: Optional[_config.Config] = None, *, main: bool = True) -> "Tracer":
-    """Start tracing with ``config`` (default: the resolved settings); idempotent."""
+def is_main_process() -> bool:
+    """Not a process multiprocessing started (a spawned child is one while it unpickles its
+    launch data and re-imports the main module, before it knows its parent)."""
+    return _mp_process._parent_process is None and not getattr(
+        _mp_process._current_process, "_inheriting", False)
+
+
+def activate(config: Optional[_config.Config] = None, *,
+             main: Optional[bool] = None) -> "Tracer":
+    """Start tracing with ``config`` (default: the resolved settings); idempotent.
+
+    ``main``: whether this is the program's main process (it announces a default trace file,
+    writes ``trace_start`` and batches its writes); worked out when not given."""
     global current
     if current is not None:
         return current
+    if main is None:
+        main = is_main_process()
     cfg = config if config is not None else _config.resolve()
     if not cfg.enabled:
         raise ValueError("tracing is off")
@@ -263,14 +277,15 @@ def reconfigure(*, start: bool) -> None:
     if not (was_running or start):
         return
     cfg = _config.resolve()
-    if was_running and cfg.trace is None:
+    main = current.main if current is not None else None
+    if current is not None and cfg.trace is None:
         cfg = cfg.replace(trace=current.config.trace)  # keep the file already announced
-    if was_running and cfg == current.config:
+    if current is not None and cfg == current.config:
         return
     deactivate()
     _implicit_allowed = False
     if cfg.enabled:
-        activate(cfg)
+        activate(cfg, main=main)
 
 
 def is_tracing() -> bool:
