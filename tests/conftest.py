@@ -80,7 +80,11 @@ def run_program(tmp_path):
             [str(tmp_path)] + [p for p in full_env.get("PYTHONPATH", "").split(os.pathsep) if p])
         if not via_run:
             full_env["TRACEDMP_TRACE"] = trace_path
-        full_env.update(env or {})
+        for var, value in (env or {}).items():  # None: leave the variable out
+            if value is None:
+                full_env.pop(var, None)
+            else:
+                full_env[var] = value
         if via_run:
             cmd = [sys.executable, *python_args, "-m", "tracedmp", "run", "--trace", trace_path,
                    str(script), *args]

@@ -2,6 +2,8 @@
 The program behaves as it would untraced, and the trace stays readable."""
 
 
+import os
+
 from tracedmp import read_trace
 
 
@@ -116,3 +118,27 @@ if __name__ == "__main__":
     records = list(read_trace(tmp_path / "configured.jsonl"))
     assert [r.event for r in records].count("trace_start") == 1
     assert len([r for r in records if r.channel == "pool.result"]) == 200
+
+
+def test_module_level_objects_in_spawned_children_trace_to_the_parents_file(run_program,
+                                                                            tmp_path):
+    run = run_program("""
+import tracedmp as multiprocessing
+lock = multiprocessing.Lock()  # module level: every spawned child makes its own
+
+def child(q):
+    q.put("from the child")
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=child, args=(q,))
+    p.start()
+    print(q.get(timeout=60))
+    p.join()
+    print(p.pid)
+""", env={"TRACEDMP_TRACE": None})  # the default file, named after the parent's pid
+    assert run.returncode == 0 and run.stdout.startswith("from the child\n"), run.stderr
+    child = int(run.stdout.split()[-1])
+    [trace] = [f for f in os.listdir(tmp_path) if f.startswith("tracedmp-")]
+    assert child in [r.pid for r in read_trace(tmp_path / trace) if r.channel == "queue"]

@@ -35,9 +35,14 @@ def restore(settings: Dict[str, Any]) -> ChildSettings:
     """Runs in the child while it unpickles its process object: start tracing there."""
     from . import _config, _tracer
 
-    if _tracer.current is None:
+    config = _config.Config(**settings)
+    current = _tracer.current
+    if current is None or current.config != config:
+        # The parent's settings win over what re-importing the main module may have started
+        # here (a module-level tracedmp.Queue() would trace to a file of the child's own).
         try:
-            _tracer.activate(_config.Config(**settings), main=False)
+            _tracer.deactivate()
+            _tracer.activate(config, main=False)
         except Exception as exc:  # never keep a child from starting
             sys.stderr.write(f"tracedmp: tracing not started in this child: {exc}\n")
     return ChildSettings(settings)
