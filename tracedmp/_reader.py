@@ -99,7 +99,7 @@ class Trace:
                 try:
                     data = _loads(line)
                 except ValueError:
-                    if not line.endswith(b"\n") and number > 1:
+                    if not line.endswith(b"\n"):
                         self.truncated_line = number  # a killed writer's unfinished last line
                         break
                     raise TraceFormatError(

@@ -78,30 +78,30 @@ class Summary:
             if self.last_ts is None or ts > self.last_ts:
                 self.last_ts = ts
         pid = r.get("pid")
-        if pid is not None and pid not in self.processes:
-            self.processes[pid] = r.get("process") or "?"
+        if type(pid) is int and pid not in self.processes:
+            self.processes[pid] = _text(r.get("process"))
         event = r.get("event")
         if event == "pickle":
             self._pickle(r)
         elif event == "pickle_error":
-            key = (r.get("channel"), r.get("type"), r.get("error"), r.get("path"))
+            fields = {k: _text(r.get(k)) for k in ("channel", "type", "error", "path", "hint")}
+            if r.get("path") is None:
+                fields["path"] = None
+            key = (fields["channel"], fields["type"], fields["error"], fields["path"])
             entry = self.errors.get(key)
             if entry is None:
-                self.errors[key] = entry = {
-                    "channel": r.get("channel"), "type": r.get("type"), "error": r.get("error"),
-                    "path": r.get("path"), "hint": r.get("hint"), "count": 0,
-                    "processes": set()}
+                self.errors[key] = entry = {**fields, "count": 0, "processes": set()}
             entry["count"] += 1
-            entry["processes"].add(r.get("process"))
+            entry["processes"].add(_text(r.get("process")))
         elif event == "process_start":
-            method = r.get("start_method")
+            method = _text(r.get("start_method"))
             key = (method, bool(r.get("pickled")))
             entry = self.starts.setdefault(key, {"start_method": method,
                                                  "pickled": bool(r.get("pickled")),
                                                  "count": 0, "bytes": 0, "targets": {}})
             entry["count"] += 1
-            entry["bytes"] += r.get("size") or 0
-            target = r.get("target") or "(run method)"
+            entry["bytes"] += _int(r.get("size"))
+            target = _text(r.get("target")) if r.get("target") else "(run method)"
             entry["targets"][target] = entry["targets"].get(target, 0) + 1
             check = r.get("spawn_check")
             if isinstance(check, dict) and check.get("would_pickle") is False:
@@ -122,10 +122,12 @@ class Summary:
         callables = r.get("callables")
         names: tuple = ()
         if callables:
-            names = tuple([(c.get("name") or "?", c.get("kind")) if isinstance(c, dict)
-                           else ("?", None) for c in callables])
-        channel = r.get("channel") or "?"
-        key = (channel, r.get("start_method") or "?", r.get("type") or "?", names)
+            if type(callables) is not list:
+                callables = [callables]
+            names = tuple([(_text(c.get("name")), _text(c.get("kind")))
+                           if isinstance(c, dict) else ("?", "?") for c in callables])
+        channel = _text(r.get("channel"))
+        key = (channel, _text(r.get("start_method")), _text(r.get("type")), names)
         group = self.combos.get(key)
         if group is None:
             self.combos[key] = group = _Group()
@@ -138,14 +140,16 @@ class Summary:
 
     def _keep_large(self, r: Record, size: int, channel: str, names: tuple) -> None:
         # Largest pickles, identical ones (same size, carrier, type, names, process) counted once.
-        shape = (size, channel, r.get("type"), names, r.get("pid"))
+        shape = (size, channel, _text(r.get("type")), names, _text(r.get("pid")))
         entry = self.largest.get(shape)
         if entry is not None:
             entry[1] += 1
             return
-        self.largest[shape] = [size, 1, {k: r.get(k) for k in (
-            "size", "channel", "type", "kind", "process", "pid", "start_method",
-            "callables", "duration_ns", "part", "child")}]
+        example = {k: r.get(k) for k in ("kind", "process", "pid", "start_method",
+                                         "duration_ns", "part", "child")}
+        example.update(size=size, channel=channel, type=shape[2],
+                       callables=[{"name": n, "kind": k} for n, k in names])
+        self.largest[shape] = [size, 1, example]
         if len(self.largest) >= 8 * self.top:
             kept = heapq.nlargest(4 * self.top, self.largest.items(), key=lambda kv: kv[1][0])
             self.largest = dict(kept)
@@ -307,7 +311,14 @@ def _group(groups: Dict[Any, _Group], key: Any) -> _Group:
 
 
 def _int(value: Any) -> int:
-    return value if isinstance(value, int) else 0
+    return value if type(value) is int else 0
+
+
+def _text(value: Any) -> str:
+    """A field as text, whatever a damaged or foreign record holds there."""
+    if isinstance(value, str):
+        return value
+    return "?" if value is None else str(value)
 
 
 def _fmt_bytes(n: float) -> str:
