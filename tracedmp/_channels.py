@@ -13,7 +13,7 @@ import threading
 
 TYPE_CHECKING = False  # typing costs milliseconds to import, in every spawned child
 if TYPE_CHECKING:
-    from typing import Any, Dict, Tuple
+    from typing import Any, Dict, List, Tuple
 
 __all__ = ["attribute", "bind", "carrier_channel", "pool_start_method", "receiver_channel",
            "reset_after_fork"]
@@ -114,22 +114,23 @@ def _feeder_channel(frame: Any) -> str:
     return channel
 
 
-def attribute(frame: Any) -> Tuple[str, Any]:
-    """``(channel, start method or None)`` for a pickle made by the function in ``frame``."""
+def attribute(frame: Any) -> List[Any]:
+    """The call site of a pickle made by the function in ``frame``:
+    ``[code, caller's code, channel, start method or None, slot for the record's template]``."""
     # Most threads keep pickling from the same call site (a Pool's task handler, a feeder
     # thread, a worker's result put): remember the last one per thread.
     code = frame.f_code
     caller = frame.f_back
     caller_code = caller.f_code if caller is not None else None
-    last = getattr(_local, "last", None)
-    if last is not None and last[0] is code and last[1] is caller_code:
-        return last[2], last[3]
+    site = getattr(_local, "last", None)
+    if site is not None and site[0] is code and site[1] is caller_code:
+        return site
     channel = carrier_channel(frame)
     if channel == "pool.control":  # rare, and the main thread may serve several Pools
-        return channel, pool_start_method(frame, channel)
+        return [code, caller_code, channel, pool_start_method(frame, channel), None]
     method = pool_start_method(frame, channel) if channel == "pool.task" else None
-    _local.last = (code, caller_code, channel, method)
-    return channel, method
+    site = _local.last = [code, caller_code, channel, method, None]
+    return site
 
 
 def pool_start_method(frame: Any, channel: str) -> Any:

@@ -74,9 +74,9 @@ class _Traced:
         duration = perf_counter_ns() - start
         view = buf.getbuffer()
         try:
-            channel, method = attribute(sys._getframe(1))
+            site = attribute(sys._getframe(1))
             record_pickle(tracer, obj, len(view), duration, refs, pickler._tracedmp_by_value,
-                          channel, method, None)
+                          site[2], site[3], None, site)
         except Exception as exc:
             _internal_error(exc)
         return view
@@ -242,19 +242,25 @@ def _record_unpickle(tracer: Any, obj: Any, data: Any, duration: int, channel: s
 
 def record_pickle(tracer: Any, obj: Any, size: int, duration: int, refs: list,
                   by_value: Optional[set], channel: str, start_method: Optional[str],
-                  extra: Optional[dict]) -> None:
+                  extra: Optional[dict], site: Optional[list] = None) -> None:
     if extra is None and by_value is None and len(refs) <= 2 and not tracer._processors:
         n = len(refs)
         first = refs[0] if n else None
         second = refs[1] if n == 2 else None
         t = type(obj)
         name = _mp_process._current_process._name
-        key = (channel, t, id(first), id(second), first is obj,
-               start_method or _tracer.start_method_here())
-        hit = _templates.get(key)
+        # The call site remembers its last template: a site sends the same kind of message.
+        hit = site[4] if site is not None else None
         if hit is None or hit[0] is not t or hit[1] is not first or hit[2] is not second \
-                or hit[4] is not name:
-            hit = _add_template(key, tracer, obj, refs, t, first, second, name)
+                or hit[4] is not name or hit[5] is not (first is obj) or hit[6] != _tracer._pid:
+            key = (channel, t, id(first), id(second), first is obj,
+                   start_method or _tracer.start_method_here())
+            hit = _templates.get(key)
+            if hit is None or hit[0] is not t or hit[1] is not first or hit[2] is not second \
+                    or hit[4] is not name:
+                hit = _add_template(key, tracer, obj, refs, t, first, second, name)
+            if site is not None:
+                site[4] = hit
         if hit is not None:
             tracer.sink.write(hit[3] % (_dumps(time()), next(_tracer._seq), size, duration))
             return
@@ -296,7 +302,7 @@ _NO_CALLABLES: list = []
 # a template costs a fraction of building a dict and rendering it.  Only for records with no
 # structlog processors to run and callables that travel by reference.  Bounded.
 # The pid is baked into the templates: a forked child starts with none (see reset_after_fork).
-_templates: Dict[tuple, Tuple[Any, Any, Any, bytes, str]] = {}
+_templates: Dict[tuple, Tuple[Any, Any, Any, bytes, str, bool, int]] = {}
 _dumps = None  # orjson.dumps once the first template is made
 
 def reset_after_fork() -> None:
@@ -304,7 +310,8 @@ def reset_after_fork() -> None:
 
 
 def _add_template(key: tuple, tracer: Any, obj: Any, refs: list, t: type, first: Any,
-                  second: Any, process: str) -> Optional[Tuple[Any, Any, Any, bytes, str]]:
+                  second: Any, process: str) -> Optional[Tuple[Any, Any, Any, bytes, str, bool,
+                                                               int]]:
     global _dumps
     if _dumps is None:
         try:
@@ -341,7 +348,7 @@ def _add_template(key: tuple, tracer: Any, obj: Any, refs: list, t: type, first:
         return None
     if len(_templates) >= _ENTRIES_LIMIT:
         _templates.clear()
-    hit = _templates[key] = (t, first, second, template, process)
+    hit = _templates[key] = (t, first, second, template, process, first is obj, pid)
     return hit
 
 
