@@ -142,3 +142,79 @@ if __name__ == "__main__":
     child = int(run.stdout.split()[-1])
     [trace] = [f for f in os.listdir(tmp_path) if f.startswith("tracedmp-")]
     assert child in [r.pid for r in read_trace(tmp_path / trace) if r.channel == "queue"]
+
+
+def test_tracing_keeps_no_sent_object_alive(run_program):
+    run = run_program("""
+import gc, weakref
+import tracedmp as multiprocessing
+
+class Big:
+    def __init__(self):
+        self.data = bytearray(1_000_000)
+
+def size(b):
+    return len(b.data)
+
+if __name__ == "__main__":
+    q = multiprocessing.Queue()
+    b = Big(); queued = weakref.ref(b); q.put(b); del b; q.get(timeout=30)
+    q.put(1); q.get(timeout=30)
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        b = Big(); mapped = weakref.ref(b); pool.map(size, [b]); del b
+        pool.map(size, [Big()])
+        gc.collect()
+        print(queued() is None, mapped() is None)
+""")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "True True\n"  # the feeder and task-handler threads hold nothing
+
+
+def test_stopping_tracing_while_another_thread_pickles():
+    import io
+
+    from tracedmp import _tracer
+    from tracedmp._pickler import TracingPickler, traced_dump
+
+    assert _tracer.current is None
+    data = TracingPickler.dumps([len, {"f": abs}])  # what a thread already inside dumps() does
+    import pickle
+
+    assert pickle.loads(data) == [len, {"f": abs}]
+    buf = io.BytesIO()
+    traced_dump([len], buf)
+    assert pickle.loads(buf.getvalue()) == [len]
+
+
+def test_forked_while_off_then_traced_has_its_own_pid(run_program):
+    run = run_program("""
+import os
+import tracedmp
+
+pid = os.fork()
+if pid == 0:
+    tracedmp.install()
+    a, b = tracedmp.Pipe()
+    a.send(1); b.recv()
+    tracedmp.uninstall()
+    os._exit(0)
+os.waitpid(pid, 0)
+print(pid)
+""")
+    assert run.returncode == 0, run.stderr
+    child = int(run.stdout)
+    pipe = [r for r in read_trace(run.trace) if r.channel == "pipe"]
+    assert [(r.pid, r.seq) for r in pipe] == [(child, 1)]  # seq 0 is its trace_start
+
+
+def test_unwritable_default_trace_file_warns_and_runs_untraced():
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACEDMP_")}
+    # /proc takes no new files, not even from root: the default trace file cannot be made.
+    proc = subprocess.run([sys.executable, "-c", "import tracedmp as m; q = m.Queue(); "
+                           "q.put(3); print(q.get(timeout=30))"], cwd="/proc", env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout == "3\n", proc.stderr
+    assert "running untraced" in proc.stderr and "Traceback" not in proc.stderr

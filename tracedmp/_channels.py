@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from typing import Any, Dict, List, Tuple
 
 __all__ = ["attribute", "bind", "carrier_channel", "pool_start_method", "receiver_channel",
-           "reset_after_fork"]
+           "forget_call_sites"]
 
 _send: Tuple[Any, Any] = (None, None)  # Connection.send, SimpleQueue.put
 _recv: Tuple[Any, Any, Any] = (None, None, None)  # Connection.recv, SimpleQueue.get, Queue.get
@@ -104,7 +104,7 @@ def _feeder_channel(frame: Any) -> str:
     if channel is None:
         channel = "queue"
         try:
-            onerror = frame.f_locals.get("onerror")
+            onerror = _argument(frame.f_code, "onerror")
             owner = getattr(onerror, "__self__", None)
             if type(owner).__module__ == "concurrent.futures.process":
                 channel = "executor.call"
@@ -147,10 +147,15 @@ def pool_start_method(frame: Any, channel: str) -> Any:
 
 def _start_method_of_workers(caller: Any) -> Any:
     try:
-        local = caller.f_locals
-        workers = local.get("pool")
-        if not isinstance(workers, list):
-            workers = getattr(local.get("self"), "_pool", None)
+        workers = _argument(caller.f_code, "pool")
+        if workers is _MISSING:
+            # A short-lived frame (a Pool method in the program's thread): its locals snapshot
+            # goes with it.  Never read f_locals of a thread's long-lived frame: before 3.13 the
+            # snapshot stays on the frame and keeps the objects it saw alive.
+            local = caller.f_locals
+            workers = local.get("pool")
+            if not isinstance(workers, list):
+                workers = getattr(local.get("self"), "_pool", None)
         if workers:
             return getattr(type(workers[0]), "_start_method", None)
     except Exception:
@@ -158,7 +163,24 @@ def _start_method_of_workers(caller: Any) -> Any:
     return None
 
 
-def reset_after_fork() -> None:
-    # Only the forking thread survives; a feeder thread's cache must not leak into a new one.
+_MISSING = object()
+
+
+def _argument(code: Any, name: str) -> Any:
+    """Argument ``name`` of the function this thread was started to run, if ``code`` is it."""
+    thread = threading.current_thread()
+    target = getattr(thread, "_target", None)
+    args = getattr(thread, "_args", None)
+    if getattr(target, "__code__", None) is not code or not isinstance(args, tuple):
+        return _MISSING
+    try:
+        return args[code.co_varnames.index(name)]
+    except (ValueError, IndexError):
+        return _MISSING
+
+
+def forget_call_sites() -> None:
+    # After a fork only the forking thread survives, and after a restart the settings may
+    # differ: every thread starts its call-site cache afresh.
     global _local
     _local = threading.local()

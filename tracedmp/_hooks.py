@@ -188,6 +188,6 @@ def _after_fork_in_child() -> None:
     _local = threading.local()
     from . import _pickler
 
-    _pickler.reset_after_fork()
+    _pickler.forget_templates()
     if _tracer.current is not None:
         _tracer.after_fork_in_child()

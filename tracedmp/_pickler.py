@@ -58,12 +58,12 @@ class _Traced:
     def dumps(cls, obj: Any, protocol: Optional[int] = None) -> memoryview:
         buf = io.BytesIO()
         pickler = cls(buf, protocol)
-        tracer = _tracer.current
-        if tracer is None:  # tracing stopped while a carrier still held this class
-            pickler.dump(obj)
-            return buf.getbuffer()
         refs = pickler._tracedmp_refs = []
         pickler._tracedmp_by_value = None
+        tracer = _tracer.current
+        if tracer is None:  # tracing stopped while another thread was already on its way here
+            pickler.dump(obj)
+            return buf.getbuffer()
         start = perf_counter_ns()
         try:
             pickler.dump(obj)
@@ -189,10 +189,10 @@ def traced_dump(obj: Any, file: Any, protocol: Optional[int] = None) -> None:
     from . import _hooks
 
     tracer = _tracer.current
-    cls = _hooks.active_pickler()
-    if tracer is None:
-        cls(file, protocol).dump(obj)
+    if tracer is None:  # tracing stopped while another thread was on its way here
+        ForkingPickler(file, protocol).dump(obj)
         return
+    cls = _hooks.active_pickler()
     launch = _hooks.current_launch()
     counter = None
     try:
@@ -301,11 +301,12 @@ _NO_CALLABLES: list = []
 # a program sends the same few kinds of message over and over, and formatting four numbers into
 # a template costs a fraction of building a dict and rendering it.  Only for records with no
 # structlog processors to run and callables that travel by reference.  Bounded.
-# The pid is baked into the templates: a forked child starts with none (see reset_after_fork).
+# The pid is baked into the templates: a forked child starts with none (forget_templates).
 _templates: Dict[tuple, Tuple[Any, Any, Any, bytes, str, bool, int]] = {}
 _dumps = None  # orjson.dumps once the first template is made
 
-def reset_after_fork() -> None:
+def forget_templates() -> None:
+    """After a fork (the pid is in them) and when tracing restarts (settings may differ)."""
     _templates.clear()
 
 

@@ -15,6 +15,7 @@ from multiprocessing import context as _mp_context
 from multiprocessing import process as _mp_process
 
 from . import _config
+from ._errors import TraceFileError
 from ._sink import TraceFile
 from ._version import __version__
 
@@ -180,7 +181,7 @@ def after_fork_in_child() -> None:
     _own_start_method = None
     from . import _channels
 
-    _channels.reset_after_fork()
+    _channels.forget_call_sites()
     if current is not None:
         current.sink.after_fork_in_child()
 
@@ -198,9 +199,11 @@ def activate(config: Optional[_config.Config] = None, *,
 
     ``main``: whether this is the program's main process (it announces a default trace file,
     writes ``trace_start`` and batches its writes); worked out when not given."""
-    global current
+    global current, _pid, _seq, _own_start_method
     if current is not None:
         return current
+    if os.getpid() != _pid:  # forked while tracing was off: the at-fork reset did not run
+        _pid, _seq, _own_start_method = os.getpid(), itertools.count(), None
     if main is None:
         main = is_main_process()
     cfg = config if config is not None else _config.resolve()
@@ -214,9 +217,12 @@ def activate(config: Optional[_config.Config] = None, *,
     if main:
         tracer.sink.open()  # a bad path is an error now, naming the path, not a lost trace
         _flush_at_exit()
-    from . import _hooks
+    from . import _channels, _hooks
 
     _hooks.install_patches(tracer)
+    _channels.forget_call_sites()  # call sites remember templates made with earlier settings
+    if "tracedmp._pickler" in sys.modules:
+        sys.modules["tracedmp._pickler"].forget_templates()
     current = tracer
     if main:
         rec = base_record("trace_start", None)
@@ -248,9 +254,15 @@ def deactivate() -> None:
 
 
 def activate_implicitly() -> None:
-    """First use of tracedmp's multiprocessing API: start tracing unless it is off."""
+    """First use of tracedmp's multiprocessing API: start tracing unless it is off.
+
+    Unlike an explicit ``install()``, a trace file that cannot be written is a warning here:
+    the program asked for multiprocessing, not for a trace."""
     if current is None and _implicit_allowed:
-        install()
+        try:
+            install()
+        except TraceFileError as exc:
+            sys.stderr.write(f"tracedmp: {exc}; running untraced\n")
 
 
 def install() -> None:
