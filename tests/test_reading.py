@@ -218,3 +218,29 @@ def test_to_pandas(real_trace):
     df = trace.to_pandas()
     assert len(df) == len(list(read_trace(real_trace)))
     assert {"event", "size", "channel", "callables"} <= set(df.columns)
+
+
+def test_odd_but_valid_records_never_crash_the_cli(tmp_path):
+    import pickle
+
+    odd = tmp_path / "odd.jsonl"
+    odd.write_text('{"v":1,"event":"pickle","size":9223372036854775808,"pid":1,"ts":1.0}\n'
+                   '{"v":1,"event":"pickle","duration_ns":"5","pid":1,"ts":1e400}\n'
+                   '{"v":1,"event":"pickle","duration_ns":-3,"pid":1,"ts":2.0}\n')
+    proc = cli("report", str(odd))
+    assert proc.returncode == 0 and "over 1.000 s" in proc.stdout, proc.stderr
+    proc = cli("timeline", str(odd), "-o", str(tmp_path / "tl.json"))
+    assert proc.returncode == 0, proc.stderr
+    json.loads((tmp_path / "tl.json").read_text())  # strict JSON: no Infinity
+    deep: list = []
+    for _ in range(3000):
+        deep = [deep]
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(20000)
+    try:
+        (tmp_path / "deep.pkl").write_bytes(pickle.dumps(deep))
+    finally:
+        sys.setrecursionlimit(limit)
+    proc = cli("explain", str(tmp_path / "deep.pkl"))
+    assert proc.returncode == 2 and "nests too deeply" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -105,3 +105,19 @@ def test_console_script_is_installed():
     exe = os.path.join(os.path.dirname(sys.executable), "tracedmp")
     proc = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.startswith("tracedmp ")
+
+
+def test_run_passes_the_programs_own_options_through(tmp_path):
+    (tmp_path / "data.json").write_text('{"b": 1, "a": 2}')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACEDMP_")}
+    trace = str(tmp_path / "t.jsonl")
+    proc = subprocess.run([sys.executable, "-m", "tracedmp", "run", "--trace", trace, "-m",
+                           "json.tool", "--sort-keys", "--indent", "1", "data.json"],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == '{\n "a": 2,\n "b": 1\n}\n'
+    (tmp_path / "argv.py").write_text("import sys; print(sys.argv[1:])")
+    proc = subprocess.run([sys.executable, "-m", "tracedmp", "run", "--trace", trace, "argv.py",
+                           "-m", "--trace", "x"], capture_output=True, text=True, cwd=tmp_path,
+                          env=env, timeout=60)
+    assert proc.stdout == "['-m', '--trace', 'x']\n", proc.stderr

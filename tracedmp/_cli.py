@@ -14,7 +14,15 @@ __all__ = ["main"]
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    program: List[str] = []
+    if argv[:1] == ["run"]:
+        # Everything from the script (or -m MODULE) on is the program's own command line, even
+        # what looks like an option: argparse would claim "-m pytest -q"'s -q for itself.
+        argv, program = _split_run(argv)
     args = parser.parse_args(argv)
+    if program:
+        args.program = program
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
         return 2
@@ -140,12 +148,16 @@ def _explain(args: argparse.Namespace) -> int:
             where = f" at {path}" if path else ""
             raise TracedmpError(f"{args.target!r} cannot be pickled{where}: "
                                 f"{type(exc).__name__}: {exc}; {hint}") from None
-    if args.json:
-        import json
+    try:
+        if args.json:
+            import json
 
-        print(json.dumps(node.as_dict(), indent=1))
-    else:
-        sys.stdout.write(render_tree(node, depth=args.depth))
+            print(json.dumps(node.as_dict(), indent=1))
+        else:
+            sys.stdout.write(render_tree(node, depth=args.depth))
+    except RecursionError:
+        raise TracedmpError(f"{args.target}: the pickle nests too deeply to show as a tree "
+                            "(raise the recursion limit, or explain a part of it)") from None
     return 0
 
 
@@ -187,6 +199,24 @@ def _evaluate(expr: str) -> object:
         return eval(compile(tree, "<explain>", "eval"), namespace)  # noqa: S307 - the user's own
     except Exception as exc:
         raise TracedmpError(f"evaluating {expr!r} failed: {type(exc).__name__}: {exc}") from None
+
+
+_RUN_FLAGS_WITH_VALUE = {"--trace", "--pickler"}
+
+
+def _split_run(argv: List[str]) -> "tuple[List[str], List[str]]":
+    """``run``'s own options, and the program's command line (``-m MODULE`` kept ahead)."""
+    i = 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "-m":
+            return argv[:i + 2], argv[i + 2:]
+        if arg == "--":
+            return argv[:i], argv[i + 1:]
+        if not arg.startswith("-"):
+            return argv[:i], argv[i:]
+        i += 2 if arg in _RUN_FLAGS_WITH_VALUE else 1
+    return argv, []
 
 
 def _positive(text: str) -> int:

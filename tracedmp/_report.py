@@ -7,6 +7,7 @@ plus one 8-byte slot per pickle for the size percentiles and a heap of the large
 from __future__ import annotations
 
 import heapq
+import math
 from array import array
 from typing import Any, Dict, Iterable, List, Optional
 
@@ -72,7 +73,7 @@ class Summary:
     def add(self, r: Record) -> None:
         self.records += 1
         ts = r.get("ts")
-        if isinstance(ts, (int, float)):
+        if type(ts) in (int, float) and math.isfinite(ts):
             if self.first_ts is None or ts < self.first_ts:
                 self.first_ts = ts
             if self.last_ts is None or ts > self.last_ts:
@@ -113,12 +114,8 @@ class Summary:
             self.unpickles.add(_int(r.get("size")), _int(r.get("duration_ns")))
 
     def _pickle(self, r: Record) -> None:
-        size = r.get("size")
-        if type(size) is not int:
-            size = 0
-        ns = r.get("duration_ns")
-        if type(ns) is not int:
-            ns = 0
+        size = _int(r.get("size"))
+        ns = _int(r.get("duration_ns"))
         callables = r.get("callables")
         names: tuple = ()
         if callables:
@@ -310,8 +307,11 @@ def _group(groups: Dict[Any, _Group], key: Any) -> _Group:
     return g
 
 
+_INT64 = 2**63 - 1  # the size arrays hold 64-bit integers
+
+
 def _int(value: Any) -> int:
-    return value if type(value) is int else 0
+    return value if type(value) is int and 0 <= value <= _INT64 else 0
 
 
 def _text(value: Any) -> str:

@@ -7,6 +7,7 @@ instant markers for process starts and pickling errors.  Written as it is read: 
 from __future__ import annotations
 
 import json
+import math
 from typing import IO, Any, Dict
 
 from ._reader import read_trace
@@ -33,7 +34,7 @@ def write_timeline(trace_path: str, out: IO[str]) -> int:
     for r in trace:
         pid = r.get("pid")
         ts = r.get("ts")
-        if not isinstance(pid, int) or not isinstance(ts, (int, float)):
+        if type(pid) is not int or type(ts) not in (int, float) or not math.isfinite(ts):
             continue
         process = r.get("process") or "?"
         if names.get(pid) != process:
@@ -43,7 +44,8 @@ def write_timeline(trace_path: str, out: IO[str]) -> int:
         end_us = ts * 1e6
         event = r.get("event")
         if event in ("pickle", "unpickle"):
-            duration_us = (r.get("duration_ns") or 0) / 1e3
+            duration = r.get("duration_ns")
+            duration_us = duration / 1e3 if type(duration) is int and duration >= 0 else 0.0
             emit({
                 "ph": "X", "pid": pid, "tid": pid, "cat": r.get("channel") or "?",
                 "name": f"{'' if event == 'pickle' else 'unpickle '}{r.get('channel')} "
