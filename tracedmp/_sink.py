@@ -5,7 +5,8 @@ the end of the file as one unit, so lines from concurrent processes never interl
 
 Children write each record as it is made: a Pool terminates its workers with SIGTERM, and a
 record must not die with them.  The main process, which nothing in multiprocessing kills, keeps
-up to 64 KiB or 50 ms of records and writes them in one go (appends from many processes to one
+up to 64 KiB of records (or until a record comes 50 ms after the first waiting; there is no
+timer thread) and writes them in one go (appends from many processes to one
 file contend for its inode lock: batching halves the cost of tracing a Pool's tasks).  It writes
 them out before every fork, when tracing stops, and at exit after multiprocessing's own exit
 handlers, then writes through.
