@@ -338,3 +338,21 @@ def test_cloudpickle_register_pickle_by_value_is_respected(tmp_path, monkeypatch
         cloudpickle.unregister_pickle_by_value(byvalmod)
     assert by_value == {id(byvalmod.f)} and size > by_reference[1]
     assert kinds() == by_reference
+
+
+def test_check_spawn_passes_a_plain_fork_pool(run_program):
+    # A fork Pool's queues and locks are made for fork; under spawn the Pool would make them
+    # for spawn: the check must not flag them.
+    run = run_program("""
+import tracedmp as multiprocessing
+
+def square(x):
+    return x * x
+
+if __name__ == "__main__":
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        pool.map(square, range(4))
+""", env={"TRACEDMP_CHECK_SPAWN": "1"})
+    assert run.returncode == 0, run.stderr
+    checks = [r["spawn_check"] for r in run.events("process_start")]
+    assert len(checks) == 2 and all(c["would_pickle"] and c["size"] > 500 for c in checks)

@@ -26,11 +26,39 @@ class _WouldBePopen:
         return _DupFd(fd)
 
 
+def _checking_pickler() -> type:
+    """The tracing pickler, but a lock or queue made for fork pickles as spawn's would.
+
+    Under spawn the program (or the Pool) would make them from the spawn context: refusing
+    the fork-made ones ("A SemLock created in a fork context...") would flag every fork Pool."""
+    from multiprocessing.synchronize import SemLock
+
+    from ._hooks import active_pickler
+
+    base = active_pickler()
+
+    class CheckingPickler(base):  # type: ignore[misc, valid-type]
+        __slots__ = ()
+
+        def reducer_override(self, obj: Any) -> Any:
+            if isinstance(obj, SemLock) and getattr(obj, "_is_fork_ctx", False):
+                state = (0, obj._semlock.kind, obj._semlock.maxvalue, obj._semlock.name)
+                return (_semlock_stand_in, (state,))
+            return super().reducer_override(obj)
+
+    return CheckingPickler
+
+
+def _semlock_stand_in(state: Any) -> None:  # never called: the check only measures the pickle
+    return None
+
+
 def check_spawn(process_obj: Any, tracer: Any) -> Dict[str, Any]:
     from multiprocessing import context, spawn
 
     from ._diagnose import diagnose
-    from ._pickler import dump_untraced
+
+    checking = _checking_pickler()
     previous = context.get_spawning_popen()
     context.set_spawning_popen(_WouldBePopen())
     try:
@@ -38,7 +66,9 @@ def check_spawn(process_obj: Any, tracer: Any) -> Dict[str, Any]:
         for part in (spawn.get_preparation_data(process_obj._name), process_obj):
             buf = io.BytesIO()
             try:
-                dump_untraced(part, buf)
+                pickler = checking(buf, None)
+                pickler._tracedmp_refs, pickler._tracedmp_by_value = [], None
+                pickler.dump(part)
             except Exception as exc:
                 path, hint = diagnose(part, exc, tracer.pickler)
                 message = str(exc)[:500]
