@@ -252,7 +252,7 @@ def record_pickle(tracer: Any, obj: Any, size: int, duration: int, refs: list,
         # The call site remembers its last template: a site sends the same kind of message.
         hit = site[4] if site is not None else None
         if hit is None or hit[0] is not t or hit[1] is not first or hit[2] is not second \
-                or hit[4] is not name or hit[5] is not (first is obj) or hit[6] != _tracer._pid:
+                or hit[4] is not name or hit[5] is not (first is obj):
             key = (channel, t, id(first), id(second), first is obj,
                    start_method or _tracer.start_method_here())
             hit = _templates.get(key)
@@ -264,16 +264,7 @@ def record_pickle(tracer: Any, obj: Any, size: int, duration: int, refs: list,
         if hit is not None:
             tracer.sink.write(hit[3] % (_dumps(time()), next(_tracer._seq), size, duration))
             return
-    if refs:
-        callables = _callables(refs, by_value)
-        kind = "reference" if refs[0] is obj and callables[0]["kind"] == "reference" else "value"
-    else:
-        callables = _NO_CALLABLES
-        kind = "value"
-    t = type(obj)
-    type_name = _type_names.get(t)
-    if type_name is None:
-        type_name = _type_name_of(t)
+    callables, kind = _describe(obj, refs, by_value)
     rec = {
         "v": FORMAT_VERSION,
         "event": "pickle",
@@ -285,7 +276,7 @@ def record_pickle(tracer: Any, obj: Any, size: int, duration: int, refs: list,
         "channel": channel,
         "size": size,
         "kind": kind,
-        "type": type_name,
+        "type": _type_name(obj),
         "pickler": tracer.pickler,
         "duration_ns": duration,
         "callables": callables,
@@ -297,12 +288,21 @@ def record_pickle(tracer: Any, obj: Any, size: int, duration: int, refs: list,
 
 _NO_CALLABLES: list = []
 
+
+def _describe(obj: Any, refs: list, by_value: Optional[set]) -> Tuple[list, str]:
+    """The ``callables`` and the top-level ``kind`` of a pickle that named ``refs``."""
+    if not refs:
+        return _NO_CALLABLES, "value"
+    callables = _callables(refs, by_value)
+    kind = "reference" if refs[0] is obj and callables[0]["kind"] == "reference" else "value"
+    return callables, kind
+
 # Pickle records rendered but for ts, seq, size and duration_ns, by everything else in them:
 # a program sends the same few kinds of message over and over, and formatting four numbers into
 # a template costs a fraction of building a dict and rendering it.  Only for records with no
 # structlog processors to run and callables that travel by reference.  Bounded.
 # The pid is baked into the templates: a forked child starts with none (forget_templates).
-_templates: Dict[tuple, Tuple[Any, Any, Any, bytes, str, bool, int]] = {}
+_templates: Dict[tuple, Tuple[Any, Any, Any, bytes, str, bool]] = {}
 _dumps = None  # orjson.dumps once the first template is made
 
 def forget_templates() -> None:
@@ -311,8 +311,7 @@ def forget_templates() -> None:
 
 
 def _add_template(key: tuple, tracer: Any, obj: Any, refs: list, t: type, first: Any,
-                  second: Any, process: str) -> Optional[Tuple[Any, Any, Any, bytes, str, bool,
-                                                               int]]:
+                  second: Any, process: str) -> Optional[Tuple[Any, Any, Any, bytes, str, bool]]:
     global _dumps
     if _dumps is None:
         try:
@@ -320,36 +319,28 @@ def _add_template(key: tuple, tracer: Any, obj: Any, refs: list, t: type, first:
         except ImportError:  # pragma: no cover - the dict path renders without orjson
             return None
     channel, _, _, _, _, start_method = key
-    pid = _tracer._pid
+    callables, kind = _describe(obj, refs, None)
     if refs:
-        callables = _callables(refs, None)
         cached = _lists.get((id(first), id(second)))
         if cached is None or cached[2] is not callables:
             return None  # not all by reference: the dict path works the names out each time
-        kind = "reference" if first is obj and callables[0]["kind"] == "reference" else "value"
-    else:
-        callables = _NO_CALLABLES
-        kind = "value"
-    type_name = _type_names.get(t)
-    if type_name is None:
-        type_name = _type_name_of(t)
 
     def j(value: Any) -> bytes:
         return _dumps(value).replace(b"%", b"%%")
 
     try:
         template = b"".join((
-            b'{"v":', j(FORMAT_VERSION), b',"event":"pickle","ts":%b,"pid":', j(pid),
+            b'{"v":', j(FORMAT_VERSION), b',"event":"pickle","ts":%b,"pid":', j(_tracer._pid),
             b',"process":', j(process), b',"start_method":', j(start_method),
             b',"seq":%d,"channel":', j(channel), b',"size":%d,"kind":', j(kind),
-            b',"type":', j(type_name), b',"pickler":', j(tracer.pickler),
+            b',"type":', j(_type_name(obj)), b',"pickler":', j(tracer.pickler),
             b',"duration_ns":%d,"callables":', j(callables), b"}\n",
         ))
     except Exception:  # lone surrogates in a name: the dict path escapes them
         return None
     if len(_templates) >= _ENTRIES_LIMIT:
         _templates.clear()
-    hit = _templates[key] = (t, first, second, template, process, first is obj, pid)
+    hit = _templates[key] = (t, first, second, template, process, first is obj)
     return hit
 
 
@@ -357,11 +348,14 @@ def _add_template(key: tuple, tracer: Any, obj: Any, refs: list, t: type, first:
 _type_names: Dict[type, str] = {}
 
 
-def _type_name_of(t: type) -> str:
-    name = f"{t.__module__}.{t.__qualname__}"
-    if len(_type_names) >= _ENTRIES_LIMIT:
-        _type_names.clear()
-    _type_names[t] = name
+def _type_name(obj: Any) -> str:
+    t = type(obj)
+    name = _type_names.get(t)
+    if name is None:
+        name = f"{t.__module__}.{t.__qualname__}"
+        if len(_type_names) >= _ENTRIES_LIMIT:
+            _type_names.clear()
+        _type_names[t] = name
     return name
 
 
@@ -462,11 +456,6 @@ def _kind(obj: Any, by_value: Optional[set]) -> str:
     if owner is None or isinstance(owner, (type, types.ModuleType)) or isinstance(obj, type):
         return "reference"
     return "value"
-
-
-def _type_name(obj: Any) -> str:
-    t = type(obj)
-    return f"{t.__module__}.{t.__qualname__}"
 
 
 def qualified_name(obj: Any) -> str:
