@@ -150,3 +150,14 @@ def test_fast_rendering_matches_the_record_dicts(tmp_path):
         for key in ("ts", "seq", "duration_ns"):
             f.pop(key), s.pop(key)
         assert f == s
+
+
+def test_reading_your_own_trace_sees_what_the_main_process_holds(tmp_path):
+    import tracedmp
+
+    path = tmp_path / "own.jsonl"
+    tracedmp.configure(trace=path)
+    a, b = tracedmp.Pipe()
+    a.send("held in the main process's batch")
+    b.recv()
+    assert [r.channel for r in tracedmp.read_trace(path) if r.event == "pickle"] == ["pipe"]

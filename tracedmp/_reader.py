@@ -84,6 +84,7 @@ class Trace:
 
     def dicts(self) -> Iterator[Dict[str, Any]]:
         """The records as plain dicts (a little faster than :class:`Record` for one pass)."""
+        _flush_if_tracing_to(self.path)
         self.truncated_line = None
         self.lines = 0
         path = self.path
@@ -139,6 +140,16 @@ def read_trace(path: "str | os.PathLike[str]") -> Trace:
     :class:`TraceFormatError` naming the file and line of anything that is not a record.
     """
     return Trace(path)
+
+
+def _flush_if_tracing_to(path: str) -> None:
+    # A program reading its own trace sees the records its main process still holds in memory.
+    from . import _tracer
+
+    tracer = _tracer.current
+    if tracer is not None and isinstance(tracer.config.trace, str) \
+            and os.path.abspath(tracer.config.trace) == os.path.abspath(path):
+        tracer.sink.flush()
 
 
 def _preview(line: bytes) -> str:
