@@ -4,7 +4,17 @@ The program behaves as it would untraced, and the trace stays readable."""
 
 import os
 
+import pytest
+
 from tracedmp import read_trace
+
+
+class Point:
+    pass
+
+
+class Other:
+    pass
 
 
 def test_worker_killed_mid_run(run_program):
@@ -184,6 +194,36 @@ def test_stopping_tracing_while_another_thread_pickles():
     buf = io.BytesIO()
     traced_dump([len], buf)
     assert pickle.loads(buf.getvalue()) == [len]
+
+
+@pytest.mark.parametrize("pickler", ["pickle", "cloudpickle"])
+def test_reducers_registered_while_tracing_are_used(tmp_path, pickler):
+    """The tracing picklers share one reducer table; registering (or replacing) a reducer
+    through ForkingPickler.register or copyreg must reach the next pickle, as in the stdlib."""
+    import copyreg
+    import pickle
+    from multiprocessing import connection
+    from multiprocessing.reduction import ForkingPickler
+
+    import tracedmp
+
+    tracedmp.configure(trace=tmp_path / "t.jsonl", pickler=pickler)
+    tracedmp.install()
+    assert connection._ForkingPickler is not ForkingPickler
+    try:
+        for reducer in ((str, ("registered",)), (str, ("replaced",))):
+            ForkingPickler.register(Point, lambda obj, r=reducer: r)
+            data = connection._ForkingPickler.dumps(Point())
+            assert pickle.loads(data) == reducer[1][0]
+            if pickler == "pickle":  # (cloudpickle writes protocol 5)
+                assert bytes(data) == bytes(ForkingPickler.dumps(Point()))
+        copyreg.pickle(Other, lambda obj: (str, ("by copyreg",)))
+        assert pickle.loads(connection._ForkingPickler.dumps(Other())) == "by copyreg"
+        del copyreg.dispatch_table[Other]
+        assert type(pickle.loads(connection._ForkingPickler.dumps(Other()))) is Other
+    finally:
+        ForkingPickler._extra_reducers.pop(Point, None)
+        copyreg.dispatch_table.pop(Other, None)
 
 
 def test_forked_while_off_then_traced_has_its_own_pid(run_program):

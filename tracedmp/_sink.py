@@ -34,7 +34,7 @@ class TraceFile:
     tracing in that process with one warning: the traced program never sees the error.
     """
 
-    __slots__ = ("path", "_fd", "failed", "_buffer", "_since", "_lock")
+    __slots__ = ("path", "_fd", "failed", "_buffer", "_since", "_lock", "write")
 
     BUFFER_BYTES = 64 * 1024
     BUFFER_SECONDS = 0.05
@@ -49,6 +49,8 @@ class TraceFile:
         self._buffer: "bytearray | None" = bytearray() if buffered else None
         self._since = 0.0
         self._lock = threading.Lock()  # serializes flushes only
+        # write(line): bound to the mode, so writing through costs one call, not two.
+        self.write = self._append if buffered else self._write
 
     def open(self) -> None:
         """Open (creating) the file now; raise :class:`TraceFileError` naming the path if not."""
@@ -64,9 +66,9 @@ class TraceFile:
                 "or TRACEDMP_TRACE=off to turn tracing off"
             ) from exc
 
-    def write(self, line: bytes) -> None:
+    def _append(self, line: bytes) -> None:
         buffer = self._buffer
-        if buffer is None:
+        if buffer is None:  # stopped buffering while another thread was on its way here
             self._write(line)
             return
         if not buffer:
@@ -90,6 +92,7 @@ class TraceFile:
             try:
                 self._flush_locked()
                 if then_write_through:
+                    self.write = self._write
                     old, self._buffer = self._buffer, None
                     if old:  # appended by another thread while the first write ran
                         self._write(bytes(old))
@@ -98,6 +101,7 @@ class TraceFile:
 
     def after_fork_in_child(self) -> None:
         # The parent keeps (and writes) its own buffer; a child writes through.
+        self.write = self._write
         self._buffer = None
         self._lock = threading.Lock()
 
@@ -139,6 +143,7 @@ class TraceFile:
                 pass
 
     def _fail(self, message: str) -> None:
+        self.write = self._write  # which writes nothing from now on
         self._buffer = None
         self._close_fd()
         self.failed = True
