@@ -62,6 +62,27 @@ if __name__ == "__main__":
         assert r["pickler"] == "pickle" and r["duration_ns"] > 0 and r["v"] == 1
 
 
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_children_trace_without_importing_heavy_modules(run_program, method):
+    """Every spawned worker pays for what tracing imports (orjson alone: ~12 ms)."""
+    run = run_program("""
+import sys
+import tracedmp as multiprocessing
+
+def loaded(x):
+    heavy = ("orjson", "json", "structlog", "dataclasses", "inspect", "cloudpickle")
+    return [name for name in heavy if name in sys.modules]
+
+if __name__ == "__main__":
+    with multiprocessing.get_context(sys.argv[1]).Pool(1) as pool:
+        print(pool.map(loaded, [[1, abs]] * 3))
+""", method)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[[], [], []]"
+    results = run.events("pickle", channel="pool.result")
+    assert len(results) == 3 and all(r["process"].endswith("PoolWorker-1") for r in results)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_process_launch_is_pickled_under_spawn_and_forkserver_only(run_program, method):
     run = run_program(PRELUDE + """

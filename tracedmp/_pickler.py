@@ -21,7 +21,12 @@ import sys
 import types
 from multiprocessing import process as _mp_process
 from multiprocessing.reduction import ForkingPickler
-from time import perf_counter_ns, time
+from time import perf_counter_ns, time, time_ns
+
+try:
+    from _json import encode_basestring as _quote  # json's own C string escaper
+except ImportError:  # pragma: no cover - Pythons without the accelerator
+    from json.encoder import py_encode_basestring as _quote
 
 from . import _tracer
 from ._tracer import FORMAT_VERSION
@@ -91,8 +96,9 @@ class _Traced:
                 if hit[0] is type(obj) and hit[1] is first and hit[2] is second \
                         and hit[4] is _mp_process._current_process._name \
                         and hit[5] is (first is obj):
-                    tracer.sink.write(
-                        hit[3] % (_dumps(time()), next(_tracer._seq), len(view), duration))
+                    seconds, micros = divmod(time_ns() // 1000, 1_000_000)
+                    tracer.sink.write(hit[3] % (seconds, micros, next(_tracer._seq), len(view),
+                                                duration))
                     return view
             record_pickle(tracer, obj, len(view), duration, refs or _NO_REFS,
                           pickler._tracedmp_by_value, site[2], site[3], None, site)
@@ -308,7 +314,8 @@ def record_pickle(tracer: Any, obj: Any, size: int, duration: int, refs: list,
             if site is not None:
                 site[4] = hit
         if hit is not None:
-            tracer.sink.write(hit[3] % (_dumps(time()), next(_tracer._seq), size, duration))
+            seconds, micros = divmod(time_ns() // 1000, 1_000_000)
+            tracer.sink.write(hit[3] % (seconds, micros, next(_tracer._seq), size, duration))
             return
     callables, kind = _describe(obj, refs, by_value)
     rec = {
@@ -349,7 +356,6 @@ def _describe(obj: Any, refs: list, by_value: Optional[set]) -> Tuple[list, str]
 # structlog processors to run and callables that travel by reference.  Bounded.
 # The pid is baked into the templates: a forked child starts with none (forget_templates).
 _templates: Dict[tuple, Tuple[Any, Any, Any, bytes, str, bool]] = {}
-_dumps = None  # orjson.dumps once the first template is made
 
 def forget_templates() -> None:
     """After a fork (the pid is in them) and when tracing restarts (settings may differ)."""
@@ -358,12 +364,6 @@ def forget_templates() -> None:
 
 def _add_template(key: tuple, tracer: Any, obj: Any, refs: list, t: type, first: Any,
                   second: Any, process: str) -> Optional[Tuple[Any, Any, Any, bytes, str, bool]]:
-    global _dumps
-    if _dumps is None:
-        try:
-            from orjson import dumps as _dumps
-        except ImportError:  # pragma: no cover - the dict path renders without orjson
-            return None
     channel, _, _, _, _, start_method = key
     callables, kind = _describe(obj, refs, None)
     if refs:
@@ -372,11 +372,12 @@ def _add_template(key: tuple, tracer: Any, obj: Any, refs: list, t: type, first:
             return None  # not all by reference: the dict path works the names out each time
 
     def j(value: Any) -> bytes:
-        return _dumps(value).replace(b"%", b"%%")
+        return _json(value).replace(b"%", b"%%")
 
     try:
         template = b"".join((
-            b'{"v":', j(FORMAT_VERSION), b',"event":"pickle","ts":%b,"pid":', j(_tracer._pid),
+            # ts to the microsecond, as precise as a float of seconds since 1970 gets
+            b'{"v":', j(FORMAT_VERSION), b',"event":"pickle","ts":%d.%06d,"pid":', j(_tracer._pid),
             b',"process":', j(process), b',"start_method":', j(start_method),
             b',"seq":%d,"channel":', j(channel), b',"size":%d,"kind":', j(kind),
             b',"type":', j(_type_name(obj)), b',"pickler":', j(tracer.pickler),
@@ -388,6 +389,22 @@ def _add_template(key: tuple, tracer: Any, obj: Any, refs: list, t: type, first:
         _templates.clear()
     hit = _templates[key] = (t, first, second, template, process, first is obj)
     return hit
+
+
+def _json(value: Any) -> bytes:
+    """JSON of the few kinds of value a template holds.  Not orjson: it costs a spawned child
+    ~12 ms to import, and a child's records are all made from templates."""
+    if isinstance(value, str):
+        return _quote(value).encode("utf-8")  # lone surrogates raise: no template then
+    if value is None:
+        return b"null"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return b"%d" % value
+    if isinstance(value, list):
+        return b"[" + b",".join(map(_json, value)) + b"]"
+    if isinstance(value, dict):
+        return b"{" + b",".join(_json(k) + b":" + _json(v) for k, v in value.items()) + b"}"
+    raise TypeError(f"no template for {type(value).__name__}")
 
 
 # Names of the types pickled, by type; bounded (dynamically created types come and go).
