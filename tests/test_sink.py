@@ -138,19 +138,28 @@ def test_fast_rendering_matches_the_record_dicts(tmp_path):
             for _ in range(2):
                 a.send(obj)
                 b.recv()
+        for method in ("fork", "spawn"):
+            p = tracedmp.get_context(method).Process(target=abs, args=(-1,), name='c"%s\u00e9')
+            p.start()
+            p.join()
         tracedmp.uninstall()
         tracedmp.reset_config()
         tracedmp._tracer._implicit_allowed = True
         with open(path) as f:
-            return [r for r in map(json.loads, f) if r["event"] == "pickle"]
+            return [r for r in map(json.loads, f) if r["event"] in ("pickle", "process_start")
+                    and r["pid"] == os.getpid()]
 
     fast = run(tmp_path / "fast.jsonl", [])
     slow = run(tmp_path / "slow.jsonl", [lambda logger, name, event: event])  # forces dicts
-    assert len(fast) == len(slow) == 40
+    assert len(fast) == len(slow) == 44  # 40 sent, 2 launch pickles, 2 process starts
     for f, s in zip(fast, slow):
         assert list(f) == list(s)  # same fields, same order
-        for key in ("ts", "seq", "duration_ns"):
-            f.pop(key), s.pop(key)
+        assert type(f["ts"]) is float and type(f["seq"]) is int
+        for key in ("ts", "seq", "duration_ns", "child_pid"):
+            f.pop(key, None), s.pop(key, None)
+        if f["event"] == "process_start" or f.get("channel") == "process":
+            assert (f["size"] is None) == (s["size"] is None)  # spawn's names the trace file
+            f.pop("size"), s.pop("size")
         assert f == s
 
 

@@ -317,26 +317,35 @@ def record_pickle(tracer: Any, obj: Any, size: int, duration: int, refs: list,
             seconds, micros = divmod(time_ns() // 1000, 1_000_000)
             tracer.sink.write(hit[3] % (seconds, micros, next(_tracer._seq), size, duration))
             return
-    callables, kind = _describe(obj, refs, by_value)
-    rec = {
-        "v": FORMAT_VERSION,
-        "event": "pickle",
-        "ts": time(),
-        "pid": _tracer._pid,
-        "process": _mp_process._current_process._name,
-        "start_method": start_method or _tracer.start_method_here(),
-        "seq": next(_tracer._seq),
-        "channel": channel,
-        "size": size,
-        "kind": kind,
-        "type": _type_name(obj),
-        "pickler": tracer.pickler,
-        "duration_ns": duration,
-        "callables": callables,
-    }
+    rec = _pickle_record(tracer, obj, channel, start_method, *_describe(obj, refs, by_value))
+    rec["ts"] = time()
+    rec["seq"] = next(_tracer._seq)
+    rec["size"] = size
+    rec["duration_ns"] = duration
     if extra:
         rec.update(extra)
     tracer.emit(rec)
+
+
+def _pickle_record(tracer: Any, obj: Any, channel: str, start_method: Optional[str],
+                   callables: list, kind: str) -> dict:
+    """A pickle record with ts, seq, size and duration_ns left to fill in (None)."""
+    return {
+        "v": FORMAT_VERSION,
+        "event": "pickle",
+        "ts": None,
+        "pid": _tracer._pid,
+        "process": _mp_process._current_process._name,
+        "start_method": start_method or _tracer.start_method_here(),
+        "seq": None,
+        "channel": channel,
+        "size": None,
+        "kind": kind,
+        "type": _type_name(obj),
+        "pickler": tracer.pickler,
+        "duration_ns": None,
+        "callables": callables,
+    }
 
 
 _NO_CALLABLES: list = []
@@ -370,25 +379,31 @@ def _add_template(key: tuple, tracer: Any, obj: Any, refs: list, t: type, first:
         cached = _lists.get((id(first), id(second)))
         if cached is None or cached[2] is not callables:
             return None  # not all by reference: the dict path works the names out each time
-
-    def j(value: Any) -> bytes:
-        return _json(value).replace(b"%", b"%%")
-
+    rec = _pickle_record(tracer, obj, channel, start_method, callables, kind)
     try:
-        template = b"".join((
-            # ts to the microsecond, as precise as a float of seconds since 1970 gets
-            b'{"v":', j(FORMAT_VERSION), b',"event":"pickle","ts":%d.%06d,"pid":', j(_tracer._pid),
-            b',"process":', j(process), b',"start_method":', j(start_method),
-            b',"seq":%d,"channel":', j(channel), b',"size":%d,"kind":', j(kind),
-            b',"type":', j(_type_name(obj)), b',"pickler":', j(tracer.pickler),
-            b',"duration_ns":%d,"callables":', j(callables), b"}\n",
-        ))
-    except Exception:  # lone surrogates in a name: the dict path escapes them
+        template = template_of(rec, _PICKLE_HOLES)
+    except (TypeError, ValueError):  # lone surrogates in a name: the dict path escapes them
         return None
     if len(_templates) >= _ENTRIES_LIMIT:
         _templates.clear()
     hit = _templates[key] = (t, first, second, template, process, first is obj)
     return hit
+
+
+# ts to the microsecond (as precise as a float of seconds since 1970 gets), from integers
+TS_HOLE = b"%d.%06d"
+_PICKLE_HOLES = {"ts": TS_HOLE, "seq": b"%d", "size": b"%d", "duration_ns": b"%d"}
+
+
+def template_of(rec: Dict[str, Any], holes: Dict[str, bytes]) -> bytes:
+    """``rec`` as one JSON line, with the %-format codes ``holes`` gives for some fields.
+
+    Raises TypeError or ValueError (lone surrogates) for what only the dict path renders."""
+    return b"{" + b",".join(
+        _json(key).replace(b"%", b"%%") + b":"
+        + (holes[key] if key in holes else _json(value).replace(b"%", b"%%"))
+        for key, value in rec.items()
+    ) + b"}\n"
 
 
 def _json(value: Any) -> bytes:
@@ -398,7 +413,9 @@ def _json(value: Any) -> bytes:
         return _quote(value).encode("utf-8")  # lone surrogates raise: no template then
     if value is None:
         return b"null"
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, bool):
+        return b"true" if value else b"false"
+    if isinstance(value, int):
         return b"%d" % value
     if isinstance(value, list):
         return b"[" + b",".join(map(_json, value)) + b"]"
@@ -555,12 +572,13 @@ class _CountingWriter:
 _warned = False
 
 
-def _safely(fn: Any, *args: Any) -> None:
+def _safely(fn: Any, *args: Any) -> Any:
     # Tracing must never change what the program sees: a bug here costs a record, not a run.
     try:
-        fn(*args)
+        return fn(*args)
     except Exception as exc:
         _internal_error(exc)
+        return None
 
 
 def _internal_error(exc: Exception) -> None:

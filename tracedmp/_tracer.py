@@ -114,16 +114,17 @@ class Tracer:
         return _render(record)
 
 
-def base_record(event: str, start_method: Optional[str]) -> dict:
-    """The contract fields every record starts with."""
+def base_record(event: str, start_method: Optional[str], *, numbered: bool = True) -> dict:
+    """The contract fields every record starts with (``ts`` and ``seq`` None if not
+    ``numbered``: the caller sets them when the record is complete)."""
     return {
         "v": FORMAT_VERSION,
         "event": event,
-        "ts": time.time(),
+        "ts": time.time() if numbered else None,
         "pid": _pid,
         "process": _mp_process._current_process._name,
         "start_method": start_method or start_method_here(),
-        "seq": next(_seq),
+        "seq": next(_seq) if numbered else None,
     }
 
 
