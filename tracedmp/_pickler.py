@@ -14,7 +14,6 @@ re-raised untouched.  Data flow::
 
 from __future__ import annotations
 
-import copyreg
 import io
 import pickle
 import sys
@@ -120,10 +119,11 @@ _merged: dict = {}
 def _forking_table() -> dict:
     global _sources, _merged
     extra = ForkingPickler._extra_reducers
-    if extra != _sources[1] or copyreg.dispatch_table != _sources[0]:
-        merged = dict(copyreg.dispatch_table)
+    base = ForkingPickler._copyreg_dispatch_table  # copyreg.dispatch_table itself
+    if extra != _sources[1] or base != _sources[0]:
+        merged = dict(base)
         merged.update(extra)
-        _sources, _merged = (dict(copyreg.dispatch_table), dict(extra)), merged
+        _sources, _merged = (dict(base), dict(extra)), merged
     return _merged
 
 

@@ -1,0 +1,102 @@
+"""What one traced pickle costs, step by step, in nanoseconds: ``python benchmarks/per_record.py``.
+
+Pickles a Pool task (which names two functions) and a Pool result (which names none) the way
+multiprocessing does, ``ForkingPickler.dumps`` called from a sender's frame, and adds one step
+of tracing at a time.  Each figure is the median of the best runs of many calls, in one process,
+so it measures the Python and system work per pickle, not a whole program; the end-to-end
+ratios come from overhead.py.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from multiprocessing.pool import mapstar
+from multiprocessing.reduction import ForkingPickler
+
+import tracedmp
+from tracedmp import _pickler, _tracer
+
+
+def noop(x):
+    return x
+
+
+MESSAGES = {
+    "pool task": (0, 5, mapstar, ((noop, (5,)),), {}),
+    "pool result": (0, 5, (True, [5])),
+}
+
+
+def send(dumps, obj):
+    return dumps(obj)  # a sender's frame, as Connection.send or SimpleQueue.put would be
+
+
+def per_call(dumps, obj, n):
+    best = []
+    for _ in range(7):
+        t = time.perf_counter_ns()
+        for _ in range(n):
+            send(dumps, obj)
+        best.append((time.perf_counter_ns() - t) / n)
+    return statistics.median(sorted(best)[:3])
+
+
+def measure(n):
+    trace = os.path.join(tempfile.mkdtemp(), "per_record.jsonl")
+    steps = {}
+    for name, obj in MESSAGES.items():
+        row = steps[name] = {}
+        row["ForkingPickler.dumps (plain)"] = per_call(ForkingPickler.dumps, obj, n)
+        row["tracing pickler, not tracing"] = per_call(_pickler.TracingPickler.dumps, obj, n)
+        tracedmp.configure(trace=trace)
+        tracedmp.install()
+        sink = _tracer.current.sink
+        write = sink.write
+        sink.write = len  # the record is made, not written
+        row["+ record made"] = per_call(_pickler.TracingPickler.dumps, obj, n)
+        sink.write = write
+        row["+ written, main process (batched)"] = per_call(_pickler.TracingPickler.dumps, obj, n)
+        sink.after_fork_in_child()  # as in a child: one os.write per record
+        row["+ written, child (write-through)"] = per_call(_pickler.TracingPickler.dumps, obj, n)
+        tracedmp.uninstall()
+        tracedmp.reset_config()
+        _tracer._implicit_allowed = True
+        os.unlink(trace)
+    os.rmdir(os.path.dirname(trace))
+    return steps
+
+
+def render(steps):
+    names = list(MESSAGES)
+    lines = [f"# ns per pickle, CPython {platform.python_version()} on {platform.machine()}, "
+             f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}",
+             f"{'step':38}" + "".join(f"{n:>14}" for n in names)]
+    for step in steps[names[0]]:
+        lines.append(f"{step:38}" + "".join(f"{steps[n][step]:14.0f}" for n in names))
+    for n in names:
+        plain = steps[n]["ForkingPickler.dumps (plain)"]
+        extra = {k: steps[n][k] - plain for k in steps[n] if k.startswith("+")}
+        lines.append(f"{n}: tracing adds " + ", ".join(f"{v:.0f} ns {k[2:]}" for k, v in
+                                                        extra.items()))
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=100_000, help="pickles per timed run")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    args = parser.parse_args()
+    steps = measure(args.n)
+    print(render(steps))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"python": sys.version.split()[0], "steps_ns": steps}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
