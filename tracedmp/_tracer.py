@@ -17,7 +17,6 @@ from multiprocessing import process as _mp_process
 from . import _config
 from ._errors import TraceFileError
 from ._sink import TraceFile
-from ._version import __version__
 
 TYPE_CHECKING = False  # typing costs milliseconds to import, in every spawned child
 if TYPE_CHECKING:
@@ -225,6 +224,8 @@ def activate(config: Optional[_config.Config] = None, *,
         sys.modules["tracedmp._pickler"].forget_templates()
     current = tracer
     if main:
+        from ._version import __version__  # only the main process writes trace_start
+
         rec = base_record("trace_start", None)
         rec.update(
             tracedmp=__version__,
