@@ -8,6 +8,7 @@ and classes it names, and how long pickling took.  See https://tracedmp.readthed
 
 import importlib as _importlib
 import multiprocessing as _mp
+import sys as _sys
 from multiprocessing import (
     AuthenticationError,
     BufferTooShort,
@@ -141,6 +142,9 @@ _LAZY = {
 def __getattr__(name: str) -> "Any":
     module = _LAZY.get(name)
     if module is not None:
+        child = _sys.modules.get(f"{__name__}._child")
+        if child is not None:  # a spawned child's tracing starts before its API is used
+            child.start_pending()
         value = getattr(_importlib.import_module(f"{__name__}.{module}"), name)
         globals()[name] = value
         return value
