@@ -297,3 +297,32 @@ if __name__ == "__main__":
     forked = [r for r in run.events("pickle", channel="pipe") if r["pid"] not in pid.values()]
     assert len(forked) == 1 and forked[0]["seq"] == 0 and forked[0]["process"] == "fork"
     assert json.loads(run.stdout) == [True, run.trace]
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_a_tracedmp_process_child_traces_with_its_parents_settings(run_program, tmp_path, method):
+    # The child unpickles a tracedmp.Process, then starts one: tracing there follows the
+    # parent's configure(), not the environment the child also has.
+    configured = tmp_path / "configured.jsonl"
+    run = run_program("""
+import sys
+import tracedmp
+
+def noop():
+    pass
+
+def child():
+    tracedmp.Process(target=noop, name="grandchild").start()
+
+if __name__ == "__main__":
+    tracedmp.set_start_method(sys.argv[1])
+    tracedmp.configure(trace=sys.argv[2])
+    p = tracedmp.Process(target=child, name="child")
+    p.start()
+    p.join()
+""", method, str(configured))
+    assert run.returncode == 0, run.stderr
+    records = [json.loads(line) for line in configured.read_text().splitlines()]
+    starts = {r["child"]: r for r in records if r["event"] == "process_start"}
+    assert starts["grandchild"]["pid"] == starts["child"]["child_pid"]
+    assert not run.records  # nothing went to the environment's file

@@ -260,6 +260,11 @@ def activate_implicitly() -> None:
     Unlike an explicit ``install()``, a trace file that cannot be written is a warning here:
     the program asked for multiprocessing, not for a trace."""
     if current is None and _implicit_allowed:
+        child = sys.modules.get("tracedmp._child")
+        if child is not None:  # a spawned child waiting to trace with its parent's settings
+            child.start_pending()
+            if current is not None:
+                return
         try:
             install()
         except TraceFileError as exc:
