@@ -1,6 +1,7 @@
 """tracedmp's public API is multiprocessing's, plus its own small set."""
 
 import concurrent.futures
+import json
 import multiprocessing
 import multiprocessing.pool
 
@@ -81,3 +82,25 @@ def test_import_has_no_side_effects(tmp_path):
             "assert not tracedmp.is_tracing();"
             "import os; assert not [f for f in os.listdir('.') if f.startswith('tracedmp-')]")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60, cwd=tmp_path)
+
+
+def test_a_spawned_child_that_uses_nothing_traced_loads_two_modules(run_program, tmp_path):
+    # Every spawn start pays for what its child imports: the package and _child (named by the
+    # launch data); tracing starts for real, and loads the rest, at the child's first use of it.
+    run = run_program("""
+import json, sys
+import tracedmp as multiprocessing
+
+def child(path):
+    with open(path, "w") as f:
+        json.dump(sorted(m for m in sys.modules if m.startswith(("tracedmp", "orjson"))), f)
+
+if __name__ == "__main__":
+    p = multiprocessing.get_context("spawn").Process(target=child, args=(sys.argv[1],))
+    p.start()
+    p.join()
+""", str(tmp_path / "modules.json"))
+    assert run.returncode == 0, run.stderr
+    loaded = json.loads((tmp_path / "modules.json").read_text())
+    assert loaded == ["tracedmp", "tracedmp._child"]
+    assert run.events("process_start", pickled=True)

@@ -1,6 +1,8 @@
 """One record per pickle that crosses a process boundary, on every channel, start method, side."""
 
 
+import json
+
 import pytest
 
 from conftest import METHODS
@@ -264,3 +266,84 @@ if __name__ == "__main__":
     authkey = bytes.fromhex(run.output()["authkey"])
     assert secret.encode() not in text
     assert authkey not in text and authkey.hex().encode() not in text
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_a_childs_first_use_of_anything_is_traced(run_program, method):
+    # Each child does one thing first, through the stdlib's names only: every one is traced as
+    # it would be in the parent, grandchildren included.
+    run = run_program("""
+import io, json, os, sys
+import multiprocessing as std
+import tracedmp
+
+def noop():
+    pass
+
+def child(first, method):
+    if first == "dump":
+        std.reduction.dump({"k": 1}, io.BytesIO())
+    elif first == "start":
+        p = std.get_context(method).Process(target=noop)
+        p.start()
+        p.join()
+    elif first == "pipe":
+        a, b = std.Pipe()
+        a.send([1])
+        b.recv()
+    elif first == "fork":
+        pid = os.fork()
+        if pid == 0:
+            a, b = std.Pipe()
+            a.send([2])
+            b.recv()
+            os._exit(0)
+        os.waitpid(pid, 0)
+    elif first == "api":
+        print(json.dumps([tracedmp.is_tracing(), tracedmp.get_config().trace]), flush=True)
+
+if __name__ == "__main__":
+    ctx = tracedmp.get_context(sys.argv[1])
+    for first in ("dump", "start", "pipe", "fork", "api"):
+        p = ctx.Process(target=child, args=(first, sys.argv[1]), name=first)
+        p.start()
+        p.join()
+""", method)
+    assert run.returncode == 0, run.stderr
+    pid = {r["child"]: r["child_pid"] for r in run.events("process_start")}
+    assert run.events("pickle", channel="reducer", pid=pid["dump"])
+    assert run.events("process_start", pid=pid["start"], target="__mp_main__.noop")
+    assert run.events("pickle", channel="process", pid=pid["start"])
+    assert run.events("pickle", channel="pipe", pid=pid["pipe"])
+    forked = [r for r in run.events("pickle", channel="pipe") if r["pid"] not in pid.values()]
+    assert len(forked) == 1 and forked[0]["seq"] == 0 and forked[0]["process"] == "fork"
+    assert json.loads(run.stdout) == [True, run.trace]
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_a_tracedmp_process_child_traces_with_its_parents_settings(run_program, tmp_path, method):
+    # The child unpickles a tracedmp.Process, then starts one: tracing there follows the
+    # parent's configure(), not the environment the child also has.
+    configured = tmp_path / "configured.jsonl"
+    run = run_program("""
+import sys
+import tracedmp
+
+def noop():
+    pass
+
+def child():
+    tracedmp.Process(target=noop, name="grandchild").start()
+
+if __name__ == "__main__":
+    tracedmp.set_start_method(sys.argv[1])
+    tracedmp.configure(trace=sys.argv[2])
+    p = tracedmp.Process(target=child, name="child")
+    p.start()
+    p.join()
+""", method, str(configured))
+    assert run.returncode == 0, run.stderr
+    records = [json.loads(line) for line in configured.read_text().splitlines()]
+    starts = {r["child"]: r for r in records if r["event"] == "process_start"}
+    assert starts["grandchild"]["pid"] == starts["child"]["child_pid"]
+    assert not run.records  # nothing went to the environment's file

@@ -6,10 +6,9 @@ boundary: its size, how it travelled (by reference or by value), what carried it
 and classes it names, and how long pickling took.  See https://tracedmp.readthedocs.io (docs/).
 """
 
-from __future__ import annotations
-
 import importlib as _importlib
 import multiprocessing as _mp
+import sys as _sys
 from multiprocessing import (
     AuthenticationError,
     BufferTooShort,
@@ -31,38 +30,37 @@ from multiprocessing import (
     set_start_method,
 )
 
-from ._api import (
-    Array,
-    Barrier,
-    BoundedSemaphore,
-    Condition,
-    Event,
-    JoinableQueue,
-    Lock,
-    Manager,
-    Pipe,
-    Pool,
-    Process,
-    Queue,
-    RLock,
-    RawArray,
-    RawValue,
-    Semaphore,
-    SimpleQueue,
-    Value,
-    get_context,
-)
-from ._config import Config, configure, get_config, reset_config
-from ._errors import ConfigError, TraceFileError, TraceFormatError, TracedmpError
-from ._tracer import FORMAT_VERSION, install, is_tracing, uninstall
-from ._version import __version__
-
 TYPE_CHECKING = False  # what a spawned child imports must be light: it pays at every start
 if TYPE_CHECKING:
     from typing import Any
 
+    from ._api import (
+        Array,
+        Barrier,
+        BoundedSemaphore,
+        Condition,
+        Event,
+        JoinableQueue,
+        Lock,
+        Manager,
+        Pipe,
+        Pool,
+        Process,
+        Queue,
+        RLock,
+        RawArray,
+        RawValue,
+        Semaphore,
+        SimpleQueue,
+        Value,
+        get_context,
+    )
+    from ._config import Config, configure, get_config, reset_config
+    from ._errors import ConfigError, TraceFileError, TraceFormatError, TracedmpError
     from ._reader import Record, Trace, read_trace
     from ._report import summarize
+    from ._tracer import FORMAT_VERSION, install, is_tracing, uninstall
+    from ._version import __version__
 
 # multiprocessing's names, then ours.
 __all__ = [
@@ -124,13 +122,29 @@ __all__ = [
 ]
 
 
-# The trace-reading API, imported on first use: children import this package, never read.
-_LAZY = {"Record": "_reader", "Trace": "_reader", "read_trace": "_reader", "summarize": "_report"}
+# Our names, imported from their modules on first use: a spawned child imports this package at
+# every start (to unpickle tracedmp._child.restore) and needs none of them.
+_LAZY = {
+    **dict.fromkeys(("Array", "Barrier", "BoundedSemaphore", "Condition", "Event",
+                     "JoinableQueue", "Lock", "Manager", "Pipe", "Pool", "Process", "Queue",
+                     "RLock", "RawArray", "RawValue", "Semaphore", "SimpleQueue", "Value",
+                     "get_context"), "_api"),
+    **dict.fromkeys(("Config", "configure", "get_config", "reset_config"), "_config"),
+    **dict.fromkeys(("ConfigError", "TraceFileError", "TraceFormatError", "TracedmpError"),
+                    "_errors"),
+    **dict.fromkeys(("FORMAT_VERSION", "install", "is_tracing", "uninstall"), "_tracer"),
+    **dict.fromkeys(("Record", "Trace", "read_trace"), "_reader"),
+    "summarize": "_report",
+    "__version__": "_version",
+}
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> "Any":
     module = _LAZY.get(name)
     if module is not None:
+        child = _sys.modules.get(f"{__name__}._child")
+        if child is not None:  # a spawned child's tracing starts before its API is used
+            child.start_pending()
         value = getattr(_importlib.import_module(f"{__name__}.{module}"), name)
         globals()[name] = value
         return value

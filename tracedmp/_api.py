@@ -11,8 +11,6 @@ import functools
 import multiprocessing as _mp
 from multiprocessing import context as _context
 
-from ._tracer import activate_implicitly
-
 TYPE_CHECKING = False  # typing costs milliseconds to import, in every spawned child
 if TYPE_CHECKING:
     from typing import Any, Callable
@@ -24,12 +22,22 @@ __all__ = [
 ]
 
 
+def _activate_implicitly() -> None:
+    # _tracer is imported on first call, not with this module: a spawned child that unpickles a
+    # tracedmp.Process loads this module, and need not load _tracer until it uses something.
+    global _activate_implicitly
+    from ._tracer import activate_implicitly
+
+    _activate_implicitly = activate_implicitly
+    activate_implicitly()
+
+
 def _activating(name: str) -> Callable[..., Any]:
     stdlib = getattr(_context._default_context, name)
 
     @functools.wraps(stdlib)
     def call(*args: Any, **kwargs: Any) -> Any:
-        activate_implicitly()
+        _activate_implicitly()
         return getattr(_context._default_context, name)(*args, **kwargs)
 
     call.__module__ = "tracedmp"
@@ -40,7 +48,7 @@ class Process(_mp.Process):
     """``multiprocessing.Process``; starting one starts tracing, unless tracing is off."""
 
     def start(self) -> None:
-        activate_implicitly()
+        _activate_implicitly()
         super().start()
 
 

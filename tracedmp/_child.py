@@ -4,15 +4,24 @@ The settings ride in the process object's ``_config`` dict, which multiprocessin
 process and which every Process created in the child copies: unpickling them in the child starts
 tracing there before the target runs, and hands it on to grandchildren.  Forked children need
 none of this: they inherit the parent's hooks and open trace file.
+
+Tracing starts for real at the child's first use of something it traces (starting a process,
+writing launch data, importing a pipe or queue module, tracedmp's API): until then stand-ins
+wait in its place, and a child that uses none of them, a common case, loads no more of tracedmp.
+
+What the interpreter itself holds on to until its very end lives here too: the fork handlers and
+the finder that patches ``multiprocessing.connection`` and ``queues`` once imported.  This module
+imports nothing of tracedmp or multiprocessing and finds them by name: whatever those objects
+reach outlives the first garbage collection at exit, and keeping tracedmp's and multiprocessing's
+modules alive that long costs every spawned child ~0.2 ms at exit.
 """
 
-from __future__ import annotations
-
+import _thread
 import sys
 
 TYPE_CHECKING = False  # typing costs milliseconds to import, in every spawned child
 if TYPE_CHECKING:
-    from typing import Any, Dict
+    from typing import Any, Dict, List, Optional, Tuple
 
 __all__ = ["ChildSettings", "attach", "detach"]
 
@@ -24,15 +33,39 @@ class ChildSettings:
 
     __slots__ = ("settings",)
 
-    def __init__(self, settings: Dict[str, Any]) -> None:
+    def __init__(self, settings: "Dict[str, Any]") -> None:
         self.settings = settings
 
-    def __reduce__(self) -> Any:
+    def __reduce__(self) -> "Any":
         return (restore, (self.settings,))
 
 
-def restore(settings: Dict[str, Any]) -> ChildSettings:
-    """Runs in the child while it unpickles its process object: start tracing there."""
+def restore(settings: "Dict[str, Any]") -> "ChildSettings":
+    """Runs in the child while it unpickles its process object: start tracing there, at once
+    if tracedmp or a pipe or queue module is already in use, else at the first use of one."""
+    global _pending
+    if "tracedmp._tracer" in sys.modules or any(m in sys.modules for m in _CARRIERS):
+        _start(settings)
+    else:
+        if _pending is None:
+            _stand_in()
+        _pending = settings
+    return ChildSettings(settings)
+
+
+def start_pending() -> None:
+    """Start the tracing that restore() left waiting, if any: before anything it would trace."""
+    global _pending
+    if _pending is None:
+        return
+    with _lock:  # a second thread here waits until the hooks are in
+        if _pending is not None:
+            _remove_stand_ins()
+            _start(_pending)
+            _pending = None
+
+
+def _start(settings: "Dict[str, Any]") -> None:
     from . import _config, _tracer
 
     config = _config.Config(**settings)
@@ -45,10 +78,62 @@ def restore(settings: Dict[str, Any]) -> ChildSettings:
             _tracer.activate(config, main=False)
         except Exception as exc:  # never keep a child from starting
             sys.stderr.write(f"tracedmp: tracing not started in this child: {exc}\n")
-    return ChildSettings(settings)
 
 
-def attach(process_obj: Any, config: Any) -> None:
+_CARRIERS = ("multiprocessing.connection", "multiprocessing.queues")
+_pending: "Optional[Dict[str, Any]]" = None  # settings waiting for the child's first use
+_lock = _thread.allocate_lock()
+
+
+def _stand_in() -> None:
+    """Start tracing from where _hooks will patch: launch data, process starts, carriers."""
+    for owner, name in _places():
+        original = vars(owner)[name]
+        stand_in = _starting(owner, name)
+        # The stand-in keeps the original, not this module: see the module's docstring.
+        stand_in.tracedmp_original = original  # type: ignore[attr-defined]
+        setattr(owner, name, staticmethod(stand_in) if isinstance(original, staticmethod)
+                else stand_in)
+    for name in _CARRIERS:
+        patch_when_imported(name)
+
+
+def _starting(owner: "Any", name: str) -> "Any":
+    def stand_in(*args: "Any", **kwargs: "Any") -> "Any":
+        start_pending()
+        return getattr(owner, name)(*args, **kwargs)  # tracedmp's hook now, or the original
+
+    return stand_in
+
+
+def _remove_stand_ins() -> None:
+    for owner, name in _places():
+        current = vars(owner).get(name)
+        original = getattr(getattr(current, "__func__", current), "tracedmp_original", None)
+        if original is not None:
+            setattr(owner, name, original)
+
+
+def _places() -> "List[Tuple[Any, str]]":
+    from multiprocessing import context, reduction
+
+    return [(reduction, "dump")] + [(klass, "_Popen") for klass in (
+        context.ForkProcess, context.SpawnProcess, context.ForkServerProcess)]
+
+
+def before_fork() -> None:  # os.register_at_fork handlers
+    tracer = sys.modules.get("tracedmp._tracer")
+    if tracer is not None:
+        tracer.flush_before_fork()
+
+
+def after_fork_in_child() -> None:
+    hooks = sys.modules.get("tracedmp._hooks")
+    if hooks is not None:
+        hooks.after_fork_in_child()
+
+
+def attach(process_obj: "Any", config: "Any") -> None:
     settings = {
         "trace": config.trace,
         "pickler": config.pickler,
@@ -58,5 +143,67 @@ def attach(process_obj: Any, config: Any) -> None:
     process_obj._config[KEY] = ChildSettings(settings)
 
 
-def detach(process_obj: Any) -> None:
+def detach(process_obj: "Any") -> None:
     process_obj._config.pop(KEY, None)
+
+
+_watched: set = set()  # modules to patch right after their import
+
+
+def patch_when_imported(name: str) -> None:
+    """Have ``tracedmp._hooks`` patch module ``name`` right after it is imported."""
+    _watched.add(name)
+    if not any(isinstance(f, _Finder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _Finder())
+
+
+def stop_watching() -> None:
+    _watched.clear()
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _Finder)]
+
+
+class _Finder:
+    """Finds nothing itself: wraps the real loader of a watched module."""
+
+    def find_spec(self, name: str, path: "Any" = None, target: "Any" = None) -> "Any":
+        if name not in _watched:
+            return None
+        start_pending()  # before the module runs: the hooks then patch it as it is imported
+        for finder in sys.meta_path:
+            if isinstance(finder, _Finder) or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            spec.loader = _Loader(spec.loader, name)
+        return spec
+
+
+class _Loader:
+    def __init__(self, loader: "Any", name: str) -> None:
+        self._loader = loader
+        self._name = name
+
+    def __getattr__(self, name: str) -> "Any":
+        return getattr(self._loader, name)
+
+    def create_module(self, spec: "Any") -> "Any":
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: "Any") -> None:
+        self._loader.exec_module(module)
+        # The real loader goes back before anything can look at it.
+        module.__loader__ = self._loader
+        if module.__spec__ is not None:
+            module.__spec__.loader = self._loader
+        if self._name not in _watched:
+            return
+        _watched.discard(self._name)
+        if not _watched:
+            stop_watching()
+        hooks = sys.modules.get("tracedmp._hooks")
+        if hooks is not None:
+            hooks.patch_carrier(module)

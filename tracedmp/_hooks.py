@@ -3,7 +3,8 @@
 - ``multiprocessing.connection._ForkingPickler`` and ``multiprocessing.queues._ForkingPickler``:
   the tracing pickler.  Both modules bind the class at import time, so the context's ``reducer``
   does not reach them (CPython gh-72240); these two names carry every Pipe, Queue, Pool and
-  Manager message.
+  Manager message.  Each is patched right after it is imported (``_child`` has the finder): a
+  spawned child that uses no pipe or queue does not pay ~10 ms to import them.
 - ``multiprocessing.reduction.dump``: how spawn and forkserver write a child's launch data.
 - ``_Popen`` of ForkProcess, SpawnProcess and ForkServerProcess: one ``process_start`` record per
   child (``pickled: false`` under fork), and the settings handed to spawned children.
@@ -71,7 +72,7 @@ def _dump(obj: Any, file: Any, protocol: Optional[int] = None) -> None:
     traced_dump(obj, file, protocol)
 
 
-def _patch_carrier(module: Any) -> None:
+def patch_carrier(module: Any) -> None:
     # Connection.send, SimpleQueue.put and the Queue feeder carry every message.
     from . import _channels
 
@@ -84,28 +85,27 @@ def install_patches(tracer: Any) -> None:
     remove_patches()
     from multiprocessing import context, reduction
 
-    from . import _postimport
-
     _config = tracer.config
-    # Patched when imported: a spawned child that uses no pipe or queue skips ~10 ms.
-    _postimport.when_imported("multiprocessing.connection", _patch_carrier)
-    _postimport.when_imported("multiprocessing.queues", _patch_carrier)
+    for name in ("multiprocessing.connection", "multiprocessing.queues"):
+        module = sys.modules.get(name)
+        if module is not None:
+            patch_carrier(module)
+        else:
+            _child.patch_when_imported(name)
     _patch(reduction, "dump", _dump)
     for klass in (context.ForkProcess, context.SpawnProcess, context.ForkServerProcess):
         original = klass.__dict__["_Popen"]
         _patch(klass, "_Popen", staticmethod(_popen_hook(original.__func__, klass._start_method)))
     if not _fork_hook_registered:
         os.register_at_fork(  # cannot be unregistered: the handlers check whether tracing runs
-            before=_tracer.flush_before_fork, after_in_child=_after_fork_in_child
+            before=_child.before_fork, after_in_child=_child.after_fork_in_child
         )
         _fork_hook_registered = True
 
 
 def remove_patches() -> None:
     global _active_pickler, _config
-    from . import _postimport
-
-    _postimport.cancel()
+    _child.stop_watching()
     while _patches:
         owner, name, original, replacement = _patches.pop()
         current = owner.__dict__.get(name) if isinstance(owner, type) else getattr(owner, name)
@@ -219,7 +219,7 @@ def _target_name(process_obj: Any, qualified_name: Any) -> Optional[str]:
     return None
 
 
-def _after_fork_in_child() -> None:
+def after_fork_in_child() -> None:
     global _local
     _local = threading.local()
     # Only if imported: importing it here would cost every forked child ~0.2 ms.

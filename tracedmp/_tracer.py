@@ -17,7 +17,6 @@ from multiprocessing import process as _mp_process
 from . import _config
 from ._errors import TraceFileError
 from ._sink import TraceFile
-from ._version import __version__
 
 TYPE_CHECKING = False  # typing costs milliseconds to import, in every spawned child
 if TYPE_CHECKING:
@@ -226,6 +225,8 @@ def activate(config: Optional[_config.Config] = None, *,
         sys.modules["tracedmp._pickler"].forget_templates()
     current = tracer
     if main:
+        from ._version import __version__  # only the main process writes trace_start
+
         rec = base_record("trace_start", None)
         rec.update(
             tracedmp=__version__,
@@ -260,6 +261,11 @@ def activate_implicitly() -> None:
     Unlike an explicit ``install()``, a trace file that cannot be written is a warning here:
     the program asked for multiprocessing, not for a trace."""
     if current is None and _implicit_allowed:
+        child = sys.modules.get("tracedmp._child")
+        if child is not None:  # a spawned child waiting to trace with its parent's settings
+            child.start_pending()
+            if current is not None:
+                return
         try:
             install()
         except TraceFileError as exc:
