@@ -34,7 +34,7 @@ def tiny_tasks(mp, n=50_000):
         return time.perf_counter() - t
 
 
-def tiny_tasks_default_chunks(mp, n=200_000):
+def tiny_tasks_default_chunks(mp, n=2_000_000):  # long enough to time (~0.3 s)
     with mp.Pool(2) as pool:
         pool.map(noop, range(200))
         t = time.perf_counter()
