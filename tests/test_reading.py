@@ -238,7 +238,8 @@ def test_odd_but_valid_records_never_crash_the_cli(tmp_path):
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(20000)
     try:
-        (tmp_path / "deep.pkl").write_bytes(pickle.dumps(deep))
+        # The Python pickler: the C one's depth limit ignores setrecursionlimit on 3.12+
+        (tmp_path / "deep.pkl").write_bytes(pickle._dumps(deep))
     finally:
         sys.setrecursionlimit(limit)
     proc = cli("explain", str(tmp_path / "deep.pkl"))
