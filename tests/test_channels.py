@@ -320,6 +320,36 @@ if __name__ == "__main__":
     assert json.loads(run.stdout) == [True, run.trace]
 
 
+def test_a_fork_while_a_child_starts_tracing_does_not_hang_the_grandchild(run_program):
+    run = run_program("""
+import os, signal, sys
+import multiprocessing as std
+import tracedmp
+from tracedmp import _child
+
+def child():
+    with _child._lock:  # as if another thread were starting tracing right now
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(10)  # a hang ends the grandchild instead of the test run
+            a, b = std.Pipe()
+            a.send([3])
+            b.recv()
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    print(os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode")
+          else status)
+
+if __name__ == "__main__":
+    p = tracedmp.get_context("spawn").Process(target=child)
+    p.start()
+    p.join()
+""")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "0"
+    assert len(run.events("pickle", channel="pipe")) == 1
+
+
 @pytest.mark.parametrize("method", ["spawn", "forkserver"])
 def test_a_tracedmp_process_child_traces_with_its_parents_settings(run_program, tmp_path, method):
     # The child unpickles a tracedmp.Process, then starts one: tracing there follows the

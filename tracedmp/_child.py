@@ -17,6 +17,7 @@ modules alive that long costs every spawned child ~0.2 ms at exit.
 """
 
 import _thread
+import os
 import sys
 
 TYPE_CHECKING = False  # typing costs milliseconds to import, in every spawned child
@@ -83,10 +84,21 @@ def _start(settings: "Dict[str, Any]") -> None:
 _CARRIERS = ("multiprocessing.connection", "multiprocessing.queues")
 _pending: "Optional[Dict[str, Any]]" = None  # settings waiting for the child's first use
 _lock = _thread.allocate_lock()
+_fork_handler_registered = False
+
+
+def _new_lock() -> None:
+    global _lock
+    _lock = _thread.allocate_lock()
 
 
 def _stand_in() -> None:
     """Start tracing from where _hooks will patch: launch data, process starts, carriers."""
+    global _fork_handler_registered
+    if not _fork_handler_registered:
+        # A process forked while another thread held the lock would wait on it forever.
+        os.register_at_fork(after_in_child=_new_lock)
+        _fork_handler_registered = True
     for owner, name in _places():
         original = vars(owner)[name]
         stand_in = _starting(owner, name)
