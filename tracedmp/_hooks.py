@@ -18,7 +18,7 @@ import os
 import pickle
 import sys
 import threading
-from time import perf_counter_ns, time, time_ns
+from time import perf_counter_ns, time
 
 from . import _child, _tracer
 
@@ -188,9 +188,9 @@ def _write_start(tracer: Any, record: Tuple[dict, Optional[bytes]], popen: Any,
     size = launch.size if rec["pickled"] else None
     seq = next(_tracer._seq)
     if template is not None and (pid is None or type(pid) is int):
-        seconds, micros = divmod(time_ns() // 1000, 1_000_000)
-        number = _number
-        tracer.sink.write(template % (seconds, micros, seq, number(pid), number(size), duration))
+        from ._pickler import ts_parts
+
+        tracer.sink.write(template % (*ts_parts(), seq, _number(pid), _number(size), duration))
         return
     rec["ts"] = time()
     rec["seq"] = seq

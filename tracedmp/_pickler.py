@@ -85,17 +85,14 @@ class _Traced:
             site = attribute(sys._getframe(1))
             hit = site[4]
             refs = pickler._tracedmp_refs
-            if hit is not None and pickler._tracedmp_by_value is None:
-                if refs is None:
-                    first = second = None
-                else:
-                    n = len(refs)
-                    first = refs[0]
-                    second = refs[1] if n == 2 else (None if n == 1 else hit)  # 3+: no match
+            if hit is not None and pickler._tracedmp_by_value is None \
+                    and (refs is None or len(refs) <= 2):
+                first = refs[0] if refs else None
+                second = refs[1] if refs and len(refs) == 2 else None
                 if hit[0] is type(obj) and hit[1] is first and hit[2] is second \
                         and hit[4] is _mp_process._current_process._name \
                         and hit[5] is (first is obj):
-                    seconds, micros = divmod(time_ns() // 1000, 1_000_000)
+                    seconds, micros = divmod(time_ns() // 1000, 1_000_000)  # ts_parts(), inline
                     tracer.sink.write(hit[3] % (seconds, micros, next(_tracer._seq), len(view),
                                                 duration))
                     return view
@@ -301,21 +298,17 @@ def record_pickle(tracer: Any, obj: Any, size: int, duration: int, refs: list,
         second = refs[1] if n == 2 else None
         t = type(obj)
         name = _mp_process._current_process._name
-        # The call site remembers its last template: a site sends the same kind of message.
-        hit = site[4] if site is not None else None
+        # (dumps() has already tried the call site's last template)
+        key = (channel, t, id(first), id(second), first is obj,
+               start_method or _tracer.start_method_here())
+        hit = _templates.get(key)
         if hit is None or hit[0] is not t or hit[1] is not first or hit[2] is not second \
-                or hit[4] is not name or hit[5] is not (first is obj):
-            key = (channel, t, id(first), id(second), first is obj,
-                   start_method or _tracer.start_method_here())
-            hit = _templates.get(key)
-            if hit is None or hit[0] is not t or hit[1] is not first or hit[2] is not second \
-                    or hit[4] is not name:
-                hit = _add_template(key, tracer, obj, refs, t, first, second, name)
-            if site is not None:
-                site[4] = hit
+                or hit[4] is not name:
+            hit = _add_template(key, tracer, obj, refs, t, first, second, name)
+        if site is not None:
+            site[4] = hit  # a site sends the same kind of message again
         if hit is not None:
-            seconds, micros = divmod(time_ns() // 1000, 1_000_000)
-            tracer.sink.write(hit[3] % (seconds, micros, next(_tracer._seq), size, duration))
+            tracer.sink.write(hit[3] % (*ts_parts(), next(_tracer._seq), size, duration))
             return
     rec = _pickle_record(tracer, obj, channel, start_method, *_describe(obj, refs, by_value))
     rec["ts"] = time()
@@ -392,6 +385,12 @@ def _add_template(key: tuple, tracer: Any, obj: Any, refs: list, t: type, first:
 
 # ts to the microsecond (as precise as a float of seconds since 1970 gets), from integers
 TS_HOLE = b"%d.%06d"
+
+
+def ts_parts() -> Tuple[int, int]:
+    """The two numbers TS_HOLE takes: seconds and microseconds, now."""
+    return divmod(time_ns() // 1000, 1_000_000)
+
 _PICKLE_HOLES = {"ts": TS_HOLE, "seq": b"%d", "size": b"%d", "duration_ns": b"%d"}
 
 
