@@ -248,6 +248,23 @@ if __name__ == "__main__":
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
 
 
+def test_records_follow_a_start_method_changed_mid_run(run_program):
+    # The same call site sends again after each change: its cached record template must not
+    # keep the start method it was made under.
+    run = run_program(PRELUDE + """
+if __name__ == "__main__":
+    a, b = multiprocessing.Pipe()
+    for method in ("fork", "spawn", "forkserver", "fork"):
+        multiprocessing.set_start_method(method, force=True)
+        for _ in range(2):
+            a.send(1); b.recv()
+""")
+    assert run.returncode == 0, run.stderr
+    sends = run.events("pickle", channel="pipe")
+    assert [r["start_method"] for r in sends] == [
+        "fork", "fork", "spawn", "spawn", "forkserver", "forkserver", "fork", "fork"]
+
+
 def test_trace_never_holds_authkey_or_contents(run_program):
     secret = "S3CR3T-payload-text"
     run = run_program(PRELUDE + f"""

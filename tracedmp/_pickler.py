@@ -19,6 +19,7 @@ import pickle
 import sys
 import types
 from multiprocessing import process as _mp_process
+from multiprocessing.context import _default_context
 from multiprocessing.reduction import ForkingPickler
 from time import perf_counter_ns, time, time_ns
 
@@ -91,7 +92,8 @@ class _Traced:
                 second = refs[1] if refs and len(refs) == 2 else None
                 if hit[0] is type(obj) and hit[1] is first and hit[2] is second \
                         and hit[4] is _mp_process._current_process._name \
-                        and hit[5] is (first is obj):
+                        and hit[5] is (first is obj) \
+                        and hit[6] is _default_context._actual_context:
                     seconds, micros = divmod(time_ns() // 1000, 1_000_000)  # ts_parts(), inline
                     tracer.sink.write(hit[3] % (seconds, micros, next(_tracer._seq), len(view),
                                                 duration))
@@ -303,7 +305,7 @@ def record_pickle(tracer: Any, obj: Any, size: int, duration: int, refs: list,
                start_method or _tracer.start_method_here())
         hit = _templates.get(key)
         if hit is None or hit[0] is not t or hit[1] is not first or hit[2] is not second \
-                or hit[4] is not name:
+                or hit[4] is not name or hit[6] is not _default_context._actual_context:
             hit = _add_template(key, tracer, obj, refs, t, first, second, name)
         if site is not None:
             site[4] = hit  # a site sends the same kind of message again
@@ -357,7 +359,11 @@ def _describe(obj: Any, refs: list, by_value: Optional[set]) -> Tuple[list, str]
 # a template costs a fraction of building a dict and rendering it.  Only for records with no
 # structlog processors to run and callables that travel by reference.  Bounded.
 # The pid is baked into the templates: a forked child starts with none (forget_templates).
-_templates: Dict[tuple, Tuple[Any, Any, Any, bytes, str, bool]] = {}
+# So is the start method: a template also holds the default context it was made under, and a
+# main process that changes its start method (set_start_method(force=True)) makes new ones.
+if TYPE_CHECKING:
+    _Template = Tuple[Any, Any, Any, bytes, str, bool, Any]
+_templates: Dict[tuple, _Template] = {}
 
 def forget_templates() -> None:
     """After a fork (the pid is in them) and when tracing restarts (settings may differ)."""
@@ -365,7 +371,7 @@ def forget_templates() -> None:
 
 
 def _add_template(key: tuple, tracer: Any, obj: Any, refs: list, t: type, first: Any,
-                  second: Any, process: str) -> Optional[Tuple[Any, Any, Any, bytes, str, bool]]:
+                  second: Any, process: str) -> Optional[_Template]:
     channel, _, _, _, _, start_method = key
     callables, kind = _describe(obj, refs, None)
     if refs:
@@ -379,7 +385,8 @@ def _add_template(key: tuple, tracer: Any, obj: Any, refs: list, t: type, first:
         return None
     if len(_templates) >= _ENTRIES_LIMIT:
         _templates.clear()
-    hit = _templates[key] = (t, first, second, template, process, first is obj)
+    hit = _templates[key] = (t, first, second, template, process, first is obj,
+                             _default_context._actual_context)
     return hit
 
 
