@@ -7,12 +7,15 @@ off, and traced with cloudpickle.  Variants are interleaved and repeated; each r
 of the per-round ratios to that round's plain run, so that a slow stretch of this noisy machine
 weighs on both sides.  Two ratios per variant: wall time of the timed section, and CPU time of the
 whole process tree (parent plus reaped children), which other load on the machine disturbs less.
+With 6 rounds or more, each wall ratio also gets its 95 % confidence interval: on a shared
+2-core machine one run of a workload can differ from the next by half.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -20,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -51,8 +54,26 @@ def run_once(mode: str, name: str, trace_dir: str) -> Dict[str, float]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def paired(runs: Dict[str, List[Dict[str, float]]], mode: str, base: str, key: str) -> float:
-    return statistics.median(a[key] / b[key] for a, b in zip(runs[mode], runs[base]))
+def ratios(runs: Dict[str, List[Dict[str, float]]], mode: str, base: str, key: str) -> List[float]:
+    return [a[key] / b[key] for a, b in zip(runs[mode], runs[base])]
+
+
+def median_interval(values: List[float], confidence: float = 0.95) -> Optional[Tuple[float, float]]:
+    """The narrowest pair of order statistics that holds the median with ``confidence``.
+
+    Distribution-free: the number B of values below the true median is Binomial(n, 1/2), and
+    the sorted (x[j], x[n-1-j]) holds it unless B <= j or B >= n - j: probability
+    1 - 2 P(B <= j).  None under 6 values, where not even (min, max) reaches 95 %."""
+    xs = sorted(values)
+    n = len(xs)
+    best = None
+    at_most_j = 0.0  # P(B <= j)
+    for j in range(n // 2):
+        at_most_j += math.comb(n, j) / 2 ** n
+        if 1 - 2 * at_most_j < confidence:
+            break
+        best = (xs[j], xs[n - 1 - j])
+    return best
 
 
 def main() -> int:
@@ -89,11 +110,11 @@ def main() -> int:
 
     print(f"# {platform.python_implementation()} {platform.python_version()} on "
           f"{platform.machine()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}; "
-          f"paired medians of {args.repeat} rounds; wall / CPU ratios")
+          f"paired medians of {args.repeat} rounds; wall [95% interval] / CPU ratios")
     columns = [(m, "plain") for m in modes[1:]]
     if "cloudpickle" in modes and "traced" in modes:
         columns.append(("cloudpickle", "traced"))
-    print(f"{'workload':26} {'plain s':>8}  " + "  ".join(f"{a + '/' + b:>21}" for a, b in columns))
+    print(f"{'workload':26} {'plain s':>8}  " + "  ".join(f"{a + '/' + b:>31}" for a, b in columns))
     table = {}
     for name in names:
         runs = results[name]
@@ -101,11 +122,14 @@ def main() -> int:
         cells = []
         for a, b in columns:
             if not runs[a]:
-                cells.append(f"{'n/a':>21}")
+                cells.append(f"{'n/a':>31}")
                 continue
-            wall, cpu = paired(runs, a, b, "seconds"), paired(runs, a, b, "cpu")
-            row[f"{a}/{b}"] = {"wall": wall, "cpu": cpu}
-            cells.append(f"{wall:10.3f} /{cpu:9.3f}")
+            walls = ratios(runs, a, b, "seconds")
+            wall, cpu = statistics.median(walls), statistics.median(ratios(runs, a, b, "cpu"))
+            interval = median_interval(walls)
+            row[f"{a}/{b}"] = {"wall": wall, "cpu": cpu, "wall_interval": interval}
+            shown = f"[{interval[0]:.2f}-{interval[1]:.2f}]" if interval else ""
+            cells.append(f"{wall:7.3f} {shown:>11} /{cpu:7.3f}")
         table[name] = {"summary": row, "runs": runs}
         goal = GOALS.get(name)
         print(f"{name:26} {row['plain_s']:8.3f}  " + "  ".join(cells)
