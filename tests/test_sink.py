@@ -172,3 +172,49 @@ def test_reading_your_own_trace_sees_what_the_main_process_holds(tmp_path):
     a.send("held in the main process's batch")
     b.recv()
     assert [r.channel for r in tracedmp.read_trace(path) if r.event == "pickle"] == ["pipe"]
+
+
+def test_the_small_json_writer_agrees_with_orjson_or_declines():
+    """One-off records are rendered without orjson: the same JSON, or a refusal, never a
+    line that parses differently."""
+    import math
+
+    import orjson
+
+    from tracedmp._pickler import json_bytes
+
+    agree = [0, -7, 2**62, True, None, "", 'q"uo\\te', "tab\tnl\ncr\r\x00\x1f", "é€😀",
+             0.1, 1e-07, 1e16, -2.5, 1795645753.5757418, [], {}, [1, [2, {"a": None}]],
+             {"é": [0.5, "x%sy"], "k": {"n": False}}]
+    for value in agree:
+        line = json_bytes(value)
+        assert json.loads(line) == json.loads(orjson.dumps(value)), value
+    decline = [math.inf, -math.inf, math.nan, (1, 2), {1: "a"}, {"k": {2}}, b"x",
+               "\udcff", {"\ud800": 1}, type("F", (float,), {})(1.5)]
+    for value in decline:
+        with pytest.raises((TypeError, ValueError)):
+            json_bytes(value)
+
+
+def test_a_usual_program_does_not_load_orjson(run_program):
+    # orjson and what it imports cost a main process ~14 ms: only programs that keep making
+    # records no template fits (here: functions by value) load it.
+    run = run_program("""
+import sys
+import tracedmp as multiprocessing
+
+def double(x):
+    return 2 * x
+
+if __name__ == "__main__":
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        assert pool.map(double, range(50)) == list(range(0, 100, 2))
+    print("orjson" in sys.modules)
+    for k in range(40):
+        a, b = multiprocessing.Pipe()
+        a.send(lambda: k)
+    print("orjson" in sys.modules)
+""", env={"TRACEDMP_PICKLER": "cloudpickle"})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["False", "True"]
+    assert run.events("trace_start") and len(run.events("pickle", channel="pipe")) == 40

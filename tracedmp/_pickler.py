@@ -406,28 +406,39 @@ def template_of(rec: Dict[str, Any], holes: Dict[str, bytes]) -> bytes:
 
     Raises TypeError or ValueError (lone surrogates) for what only the dict path renders."""
     return b"{" + b",".join(
-        _json(key).replace(b"%", b"%%") + b":"
-        + (holes[key] if key in holes else _json(value).replace(b"%", b"%%"))
+        json_bytes(key).replace(b"%", b"%%") + b":"
+        + (holes[key] if key in holes else json_bytes(value).replace(b"%", b"%%"))
         for key, value in rec.items()
     ) + b"}\n"
 
 
-def _json(value: Any) -> bytes:
-    """JSON of the few kinds of value a template holds.  Not orjson: it costs a spawned child
-    ~12 ms to import, and a child's records are all made from templates."""
+def json_bytes(value: Any) -> bytes:
+    """JSON of the few kinds of value records hold (templates; a program's one-off records).
+    Not orjson: it costs ~14 ms to import, and a spawned child's records are all templates.
+
+    Raises TypeError for anything else and ValueError for lone surrogates (undecodable names):
+    the caller then renders with orjson, or the stdlib's json, which escape them."""
     if isinstance(value, str):
-        return _quote(value).encode("utf-8")  # lone surrogates raise: no template then
+        return _quote(value).encode("utf-8")
     if value is None:
         return b"null"
     if isinstance(value, bool):
         return b"true" if value else b"false"
     if isinstance(value, int):
         return b"%d" % value
+    if type(value) is float and value - value == 0:  # finite: inf - inf and nan - nan are nan
+        return repr(value).encode("ascii")
     if isinstance(value, list):
-        return b"[" + b",".join(map(_json, value)) + b"]"
+        return b"[" + b",".join(map(json_bytes, value)) + b"]"
     if isinstance(value, dict):
-        return b"{" + b",".join(_json(k) + b":" + _json(v) for k, v in value.items()) + b"}"
-    raise TypeError(f"no template for {type(value).__name__}")
+        return b"{" + b",".join(_key(k) + b":" + json_bytes(v) for k, v in value.items()) + b"}"
+    raise TypeError(f"cannot render a {type(value).__name__}")
+
+
+def _key(key: Any) -> bytes:
+    if not isinstance(key, str):  # JSON's keys are strings; the stdlib path converts others
+        raise TypeError(f"cannot render a {type(key).__name__} key")
+    return _quote(key).encode("utf-8")
 
 
 # Names of the types pickled, by type; bounded (dynamically created types come and go).

@@ -26,13 +26,29 @@ __all__ = ["FORMAT_VERSION", "Tracer", "activate", "current", "deactivate", "rec
 
 FORMAT_VERSION = 1
 
-_dumps = None  # orjson.dumps, imported with the first record (not in children that send none)
+_dumps = None  # orjson.dumps, imported once a process makes records no template fits
+
+# orjson renders a record in ~0.4 us but takes ~14 ms to import (dataclasses, inspect, uuid...),
+# about what a short traced program spends on everything else tracedmp does.  The few records of
+# a usual program that no template fits (trace_start, the first of each kind) are rendered by the
+# templates' own small JSON writer (~9 us each); orjson is loaded for a program that goes on making
+# such records (functions by value, failures, structlog processors).
+_SMALL_WRITER_RECORDS = 16
+_small_writer_left = _SMALL_WRITER_RECORDS
 
 
 def _render(record: dict) -> bytes:
-    global _dumps
+    global _dumps, _small_writer_left
     dumps = _dumps
     if dumps is None:
+        if _small_writer_left > 0:
+            _small_writer_left -= 1
+            from ._pickler import json_bytes
+
+            try:
+                return json_bytes(record) + b"\n"
+            except (TypeError, ValueError):  # what only orjson (or the stdlib) renders
+                pass
         dumps = _dumps = _load_dumps()
     try:
         return dumps(record)
