@@ -27,7 +27,7 @@ import statistics
 import sys
 import time
 from multiprocessing.reduction import ForkingPickler
-from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple, Union
 
 from ._cli import _positive
 from ._errors import TracedmpError
@@ -142,7 +142,7 @@ def load_payload(spec: str) -> Any:
     except Exception as exc:
         raise TracedmpError(f"--payload {spec!r}: importing {module_name!r} failed: "
                             f"{type(exc).__name__}: {exc}; fix the module") from None
-    func = module
+    func: Any = module
     for part in func_name.split("."):
         func = getattr(func, part, None)
         if func is None:
@@ -203,7 +203,7 @@ def check_payload(payload: Any, source: str) -> bytes:
 class _Pickler:
     """One pickler's dumps and loads, at the protocol multiprocessing uses."""
 
-    def __init__(self, name: str, dumps: Callable[[Any], bytes],
+    def __init__(self, name: str, dumps: Callable[[Any], Union[bytes, memoryview]],
                  loads: Callable[[bytes], Any]) -> None:
         self.name = name
         self.dumps = dumps

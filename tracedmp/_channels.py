@@ -13,6 +13,7 @@ import threading
 
 TYPE_CHECKING = False  # typing costs milliseconds to import, in every spawned child
 if TYPE_CHECKING:
+    from types import CodeType
     from typing import Any, Dict, List, Tuple
 
 __all__ = ["attribute", "bind", "carrier_channel", "pool_start_method", "receiver_channel",
@@ -166,7 +167,7 @@ def _start_method_of_workers(caller: Any) -> Any:
 _MISSING = object()
 
 
-def _argument(code: Any, name: str) -> Any:
+def _argument(code: CodeType, name: str) -> Any:
     """Argument ``name`` of the function this thread was started to run, if ``code`` is it."""
     thread = threading.current_thread()
     target = getattr(thread, "_target", None)

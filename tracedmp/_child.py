@@ -103,7 +103,7 @@ def _stand_in() -> None:
         original = vars(owner)[name]
         stand_in = _starting(owner, name)
         # The stand-in keeps the original, not this module: see the module's docstring.
-        stand_in.tracedmp_original = original  # type: ignore[attr-defined]
+        stand_in.tracedmp_original = original
         setattr(owner, name, staticmethod(stand_in) if isinstance(original, staticmethod)
                 else stand_in)
     for name in _CARRIERS:
@@ -190,7 +190,7 @@ class _Finder:
         else:
             return None
         if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-            spec.loader = _Loader(spec.loader, name)
+            spec.loader = _Loader(spec.loader, name)  # type: ignore[assignment]  # duck-typed
         return spec
 
 

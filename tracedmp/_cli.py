@@ -282,7 +282,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"tracedmp: tracing to {trace}", file=sys.stderr)
     import subprocess
 
-    flags = subprocess._args_from_interpreter_flags()
+    flags = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
     if args.module is not None:
         argv = [sys.executable, *flags, "-m", args.module, *args.program]
     else:

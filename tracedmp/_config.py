@@ -13,7 +13,7 @@ from ._errors import ConfigError
 
 TYPE_CHECKING = False  # typing and dataclasses cost milliseconds in every spawned child
 if TYPE_CHECKING:
-    from typing import Any, Callable, Optional, Sequence, Tuple, Union
+    from typing import Any, Callable, Literal, Optional, Sequence, Tuple, Union
 
     Processor = Callable[[Any, str, dict], Any]
 
@@ -76,7 +76,7 @@ class Config:
         return self.trace is not False
 
 
-_UNSET = object()
+_UNSET: Any = object()  # the default of every configure() argument
 _explicit: dict = {}
 
 
@@ -155,7 +155,7 @@ def default_trace_path() -> str:
     return os.path.abspath(f"tracedmp-{stamp}-{os.getpid()}.jsonl")
 
 
-def _check_trace(value: Any, name: str) -> Union[str, bool, None]:
+def _check_trace(value: Any, name: str) -> Union[str, Literal[False], None]:
     if value is None or value is False:
         return value
     if value is True:

@@ -73,7 +73,7 @@ def _pool_task_segments(task: tuple, segments: List[str]) -> List[str]:
     if not segments:
         return segments
     head, rest = segments[0], segments[1:]
-    if task[2] in (pool.mapstar, pool.starmapstar) and head == "[3]" and rest[:1] == ["[0]"]:
+    if task[2] in (pool.mapstar, pool.starmapstar) and head == "[3]" and rest[:1] == ["[0]"]:  # type: ignore[attr-defined]
         if rest[1:2] == ["[0]"]:
             return ["task.func"] + rest[2:]
         if rest[1:2] == ["[1]"] and len(rest) > 2:

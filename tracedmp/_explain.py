@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import pickletools
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 __all__ = ["Node", "explain", "explain_bytes", "render_tree"]
 
@@ -66,7 +66,8 @@ def explain_bytes(data: bytes) -> Node:
     marks: List[int] = []
     memo: Dict[int, Node] = {}
     header = 0
-    ops = list(pickletools.genops(data))
+    # Read from bytes, every opcode has a position (None only from a stream without tell()).
+    ops: List[Tuple[pickletools.OpcodeInfo, Any, int]] = list(pickletools.genops(data))  # type: ignore[arg-type]
     ends = [pos for _, _, pos in ops[1:]] + [len(data)]
     root: Optional[Node] = None
     next_memo = 0
@@ -317,7 +318,7 @@ def render_tree(node: Node, *, depth: int = 8, width: int = 20) -> str:
 
     def describe(n: Node) -> str:
         if n.kind == "global":
-            return (f"{n.ref}  by reference: the receiver imports {n.ref.rsplit('.', 1)[0]!r} "
+            return (f"{n.ref}  by reference: the receiver imports {n.ref.rsplit('.', 1)[0]!r} "  # type: ignore[union-attr]  # None for an extension-code global: raises
                     "and looks the name up; the definition does not travel")
         if n.kind == "by_value":
             return f"{n.label}  by value: its definition travels in the pickle"

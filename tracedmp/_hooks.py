@@ -60,7 +60,7 @@ def active_pickler() -> type:
         if _config is None:
             return _pickler.TracingPickler
         cls = _pickler.pickler_class(_config.pickler)
-        cls.loads = staticmethod(_pickler.traced_loads if _config.unpickle else pickle.loads)
+        cls.loads = staticmethod(_pickler.traced_loads if _config.unpickle else pickle.loads)  # type: ignore[attr-defined]
         _active_pickler = cls
     return _active_pickler
 
@@ -114,7 +114,7 @@ def remove_patches() -> None:
     _active_pickler = _config = None
     from multiprocessing import process
 
-    process._current_process._config.pop(_child.KEY, None)
+    process._current_process._config.pop(_child.KEY, None)  # type: ignore[attr-defined]
 
 
 def _patch(owner: Any, name: str, replacement: Any) -> None:

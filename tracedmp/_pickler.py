@@ -34,7 +34,7 @@ from ._channels import attribute, carrier_channel, receiver_channel
 
 TYPE_CHECKING = False  # typing costs milliseconds to import, in every spawned child
 if TYPE_CHECKING:
-    from typing import Any, Dict, List, Optional, Tuple
+    from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 __all__ = ["TracingPickler", "pickler_class", "qualified_name", "traced_dump", "traced_loads"]
 
@@ -60,12 +60,20 @@ class _Traced:
     __slots__ = ()  # the concrete picklers hold the two notes in slots
     pickler_name = "pickle"
 
+    if TYPE_CHECKING:  # what the concrete picklers (pickle.Pickler subclasses) have
+        _tracedmp_refs: Optional[List[Any]]
+        _tracedmp_by_value: Optional[Set[int]]
+
+        def __init__(self, file: Any, protocol: Optional[int] = None) -> None: ...
+
+        def dump(self, obj: Any) -> None: ...
+
     @classmethod
     def dumps(cls, obj: Any, protocol: Optional[int] = None) -> memoryview:
         buf = io.BytesIO()
         pickler = cls(buf, protocol)
-        pickler._tracedmp_refs = None
-        pickler._tracedmp_by_value = None
+        pickler._tracedmp_refs = None  # type: ignore[misc]  # slots of the concrete class
+        pickler._tracedmp_by_value = None  # type: ignore[misc]
         tracer = _tracer.current
         if tracer is None:  # tracing stopped while another thread was already on its way here
             pickler.dump(obj)
@@ -90,10 +98,10 @@ class _Traced:
                     and (refs is None or len(refs) <= 2):
                 first = refs[0] if refs else None
                 second = refs[1] if refs and len(refs) == 2 else None
-                if hit[0] is type(obj) and hit[1] is first and hit[2] is second \
-                        and hit[4] is _mp_process._current_process._name \
-                        and hit[5] is (first is obj) \
-                        and hit[6] is _default_context._actual_context:
+                if (hit[0] is type(obj) and hit[1] is first and hit[2] is second
+                        and hit[4] is _mp_process._current_process._name  # type: ignore[attr-defined]
+                        and hit[5] is (first is obj)
+                        and hit[6] is _default_context._actual_context):  # type: ignore[attr-defined]
                     seconds, micros = divmod(time_ns() // 1000, 1_000_000)  # ts_parts(), inline
                     tracer.sink.write(hit[3] % (seconds, micros, next(_tracer._seq), len(view),
                                                 duration))
@@ -117,8 +125,8 @@ _merged: dict = {}
 
 def _forking_table() -> dict:
     global _sources, _merged
-    extra = ForkingPickler._extra_reducers
-    base = ForkingPickler._copyreg_dispatch_table  # copyreg.dispatch_table itself
+    extra = ForkingPickler._extra_reducers  # type: ignore[attr-defined]
+    base = ForkingPickler._copyreg_dispatch_table  # type: ignore[attr-defined]  # copyreg.dispatch_table itself
     if extra != _sources[1] or base != _sources[0]:
         merged = dict(base)
         merged.update(extra)
@@ -163,11 +171,11 @@ def _cloud_class() -> type:
         forking = _forking_table()  # a new object whenever copyreg's or ForkingPickler's changed
         if made[0] is not forking or made[1] != len(cloud_table):
             merged = dict(cloud_table)
-            merged.update(ForkingPickler._extra_reducers)
+            merged.update(ForkingPickler._extra_reducers)  # type: ignore[attr-defined]
             made[:] = [forking, len(cloud_table), merged]
         return made[2]
 
-    class TracingCloudPickler(_Traced, base):
+    class TracingCloudPickler(_Traced, base):  # type: ignore[misc, valid-type]
         """cloudpickle's Pickler with ForkingPickler's reducers; notes what went by value."""
 
         __slots__ = ("_tracedmp_refs", "_tracedmp_by_value")
@@ -291,7 +299,7 @@ def _record_unpickle(tracer: Any, obj: Any, data: Any, duration: int, channel: s
     tracer.emit(rec)
 
 
-def record_pickle(tracer: Any, obj: Any, size: int, duration: int, refs: list,
+def record_pickle(tracer: Any, obj: Any, size: int, duration: int, refs: Sequence[Any],
                   by_value: Optional[set], channel: str, start_method: Optional[str],
                   extra: Optional[dict], site: Optional[list] = None) -> None:
     if extra is None and by_value is None and len(refs) <= 2 and not tracer._processors:
@@ -299,13 +307,13 @@ def record_pickle(tracer: Any, obj: Any, size: int, duration: int, refs: list,
         first = refs[0] if n else None
         second = refs[1] if n == 2 else None
         t = type(obj)
-        name = _mp_process._current_process._name
+        name = _mp_process._current_process._name  # type: ignore[attr-defined]
         # (dumps() has already tried the call site's last template)
         key = (channel, t, id(first), id(second), first is obj,
                start_method or _tracer.start_method_here())
         hit = _templates.get(key)
         if hit is None or hit[0] is not t or hit[1] is not first or hit[2] is not second \
-                or hit[4] is not name or hit[6] is not _default_context._actual_context:
+                or hit[4] is not name or hit[6] is not _default_context._actual_context:  # type: ignore[attr-defined]
             hit = _add_template(key, tracer, obj, refs, t, first, second, name)
         if site is not None:
             site[4] = hit  # a site sends the same kind of message again
@@ -330,7 +338,7 @@ def _pickle_record(tracer: Any, obj: Any, channel: str, start_method: Optional[s
         "event": "pickle",
         "ts": None,
         "pid": _tracer._pid,
-        "process": _mp_process._current_process._name,
+        "process": _mp_process._current_process._name,  # type: ignore[attr-defined]
         "start_method": start_method or _tracer.start_method_here(),
         "seq": None,
         "channel": channel,
@@ -346,7 +354,7 @@ def _pickle_record(tracer: Any, obj: Any, channel: str, start_method: Optional[s
 _NO_CALLABLES: list = []
 
 
-def _describe(obj: Any, refs: list, by_value: Optional[set]) -> Tuple[list, str]:
+def _describe(obj: Any, refs: Sequence[Any], by_value: Optional[set]) -> Tuple[list, str]:
     """The ``callables`` and the top-level ``kind`` of a pickle that named ``refs``."""
     if not refs:
         return _NO_CALLABLES, "value"
@@ -370,7 +378,7 @@ def forget_templates() -> None:
     _templates.clear()
 
 
-def _add_template(key: tuple, tracer: Any, obj: Any, refs: list, t: type, first: Any,
+def _add_template(key: tuple, tracer: Any, obj: Any, refs: Sequence[Any], t: type, first: Any,
                   second: Any, process: str) -> Optional[_Template]:
     channel, _, _, _, _, start_method = key
     callables, kind = _describe(obj, refs, None)
@@ -386,7 +394,7 @@ def _add_template(key: tuple, tracer: Any, obj: Any, refs: list, t: type, first:
     if len(_templates) >= _ENTRIES_LIMIT:
         _templates.clear()
     hit = _templates[key] = (t, first, second, template, process, first is obj,
-                             _default_context._actual_context)
+                             _default_context._actual_context)  # type: ignore[attr-defined]
     return hit
 
 
@@ -509,7 +517,7 @@ def _entry(obj: Any, by_value: Optional[set]) -> Dict[str, str]:
 _lists: Dict[Tuple[int, ...], Tuple[Any, Any, list]] = {}
 
 
-def _callables(refs: list, by_value: Optional[set]) -> list:
+def _callables(refs: Sequence[Any], by_value: Optional[set]) -> list:
     n = len(refs)
     if by_value is None and n <= 2:
         first = refs[0]
@@ -528,8 +536,8 @@ def _callables(refs: list, by_value: Optional[set]) -> list:
     return _dedupe(refs, by_value)
 
 
-def _dedupe(refs: list, by_value: Optional[set]) -> list:
-    out = []
+def _dedupe(refs: Sequence[Any], by_value: Optional[set]) -> list:
+    out: List[Dict[str, str]] = []
     seen = set()
     for obj in refs:
         entry = _entry(obj, by_value)

@@ -18,7 +18,7 @@ from json import loads as _json_loads
 try:
     from orjson import loads as _fast_loads
 except ImportError:  # pragma: no cover
-    _fast_loads = _json_loads
+    _fast_loads = _json_loads  # type: ignore[assignment]
 
 
 def _loads(line: bytes) -> Any:

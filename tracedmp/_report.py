@@ -9,9 +9,9 @@ from __future__ import annotations
 import heapq
 import math
 from array import array
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional
 
-from ._reader import Record, read_trace
+from ._reader import read_trace
 
 __all__ = ["Summary", "summarize", "render_text"]
 
@@ -70,9 +70,9 @@ class Summary:
         self.unpickles = _Group()
         self._smallest_kept = 0
 
-    def add(self, r: Record) -> None:
+    def add(self, r: Mapping[str, Any]) -> None:
         self.records += 1
-        ts = r.get("ts")
+        ts: Any = r.get("ts")  # a number once checked below
         if type(ts) in (int, float) and math.isfinite(ts):
             if self.first_ts is None or ts < self.first_ts:
                 self.first_ts = ts
@@ -85,10 +85,11 @@ class Summary:
         if event == "pickle":
             self._pickle(r)
         elif event == "pickle_error":
-            fields = {k: _text(r.get(k)) for k in ("channel", "type", "error", "path", "hint")}
+            fields: Dict[str, Optional[str]] = {
+                k: _text(r.get(k)) for k in ("channel", "type", "error", "path", "hint")}
             if r.get("path") is None:
                 fields["path"] = None
-            key = (fields["channel"], fields["type"], fields["error"], fields["path"])
+            key: tuple = (fields["channel"], fields["type"], fields["error"], fields["path"])
             entry = self.errors.get(key)
             if entry is None:
                 self.errors[key] = entry = {**fields, "count": 0, "processes": set()}
@@ -113,7 +114,7 @@ class Summary:
         elif event == "unpickle":
             self.unpickles.add(_int(r.get("size")), _int(r.get("duration_ns")))
 
-    def _pickle(self, r: Record) -> None:
+    def _pickle(self, r: Mapping[str, Any]) -> None:
         size = _int(r.get("size"))
         ns = _int(r.get("duration_ns"))
         callables = r.get("callables")
@@ -135,7 +136,7 @@ class Summary:
         if size >= self._smallest_kept:
             self._keep_large(r, size, channel, names)
 
-    def _keep_large(self, r: Record, size: int, channel: str, names: tuple) -> None:
+    def _keep_large(self, r: Mapping[str, Any], size: int, channel: str, names: tuple) -> None:
         # Largest pickles, identical ones (same size, carrier, type, names, process) counted once.
         shape = (size, channel, _text(r.get("type")), names, _text(r.get("pid")))
         entry = self.largest.get(shape)
@@ -172,7 +173,7 @@ class Summary:
         return tables
 
     def as_dict(self) -> Dict[str, Any]:
-        span = (self.last_ts - self.first_ts) if self.first_ts is not None else 0.0
+        span = (self.last_ts - self.first_ts) if self.first_ts is not None else 0.0  # type: ignore[operator]  # both set together
         tables = self._tables()
         total = tables["total"].get(None) or _Group()
 
@@ -264,7 +265,7 @@ class Summary:
         return out
 
 
-def summarize(records: Iterable[Record], *, top: int = 10) -> Dict[str, Any]:
+def summarize(records: Iterable[Mapping[str, Any]], *, top: int = 10) -> Dict[str, Any]:
     """The report's data for ``records`` (any iterable of records)."""
     summary = Summary(top=top)
     for r in records:
@@ -277,7 +278,7 @@ def summarize(records: Iterable[Record], *, top: int = 10) -> Dict[str, Any]:
 def summarize_file(path: str, *, top: int = 10, channel: Optional[str] = None,
                    pid: Optional[int] = None) -> Dict[str, Any]:
     trace = read_trace(path)
-    records: Iterable[Record] = trace.dicts()  # type: ignore[assignment]
+    records: Iterable[Mapping[str, Any]] = trace.dicts()
     if channel is not None or pid is not None:
         records = (r for r in trace.dicts()
                    if (channel is None or r.get("channel") == channel

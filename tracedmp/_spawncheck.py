@@ -42,7 +42,7 @@ def _checking_pickler() -> type:
 
         def reducer_override(self, obj: Any) -> Any:
             if isinstance(obj, SemLock) and getattr(obj, "_is_fork_ctx", False):
-                state = (0, obj._semlock.kind, obj._semlock.maxvalue, obj._semlock.name)
+                state = (0, obj._semlock.kind, obj._semlock.maxvalue, obj._semlock.name)  # type: ignore[attr-defined]
                 return (_semlock_stand_in, (state,))
             return super().reducer_override(obj)
 
@@ -60,7 +60,7 @@ def check_spawn(process_obj: Any, tracer: Any) -> Dict[str, Any]:
 
     checking = _checking_pickler()
     previous = context.get_spawning_popen()
-    context.set_spawning_popen(_WouldBePopen())
+    context.set_spawning_popen(_WouldBePopen())  # type: ignore[arg-type, unused-ignore]  # duck-typed (typed in newer stubs)
     try:
         size = 0
         for part in (spawn.get_preparation_data(process_obj._name), process_obj):

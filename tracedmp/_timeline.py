@@ -33,7 +33,7 @@ def write_timeline(trace_path: str, out: IO[str]) -> int:
 
     for r in trace:
         pid = r.get("pid")
-        ts = r.get("ts")
+        ts: Any = r.get("ts")  # a number once checked below
         if type(pid) is not int or type(ts) not in (int, float) or not math.isfinite(ts):
             continue
         process = r.get("process") or "?"

@@ -137,7 +137,7 @@ def base_record(event: str, start_method: Optional[str], *, numbered: bool = Tru
         "event": event,
         "ts": time.time() if numbered else None,
         "pid": _pid,
-        "process": _mp_process._current_process._name,
+        "process": _mp_process._current_process._name,  # type: ignore[attr-defined]
         "start_method": start_method or start_method_here(),
         "seq": next(_seq) if numbered else None,
     }
@@ -148,11 +148,11 @@ def start_method_here() -> str:
     global _own_start_method
     if _own_start_method is not None:
         return _own_start_method
-    default = _mp_context._default_context
+    default: Any = _mp_context._default_context  # its private fields are not in the stubs
     method = (default._actual_context or default._default_context)._name
-    if _mp_process._parent_process is None:
+    if _mp_process._parent_process is None:  # type: ignore[attr-defined]
         return method  # the main process: the program may still change its start method
-    own = getattr(type(_mp_process._current_process), "_start_method", None) or method
+    own = getattr(type(_mp_process._current_process), "_start_method", None) or method  # type: ignore[attr-defined]
     _own_start_method = own
     return own
 
@@ -206,8 +206,8 @@ def after_fork_in_child() -> None:
 def is_main_process() -> bool:
     """Not a process multiprocessing started (a spawned child is one while it unpickles its
     launch data and re-imports the main module, before it knows its parent)."""
-    return _mp_process._parent_process is None and not getattr(
-        _mp_process._current_process, "_inheriting", False)
+    return _mp_process._parent_process is None and not getattr(  # type: ignore[attr-defined]
+        _mp_process._current_process, "_inheriting", False)  # type: ignore[attr-defined]
 
 
 def activate(config: Optional[_config.Config] = None, *,
