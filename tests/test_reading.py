@@ -180,6 +180,24 @@ def test_explain_a_function_reference_and_a_closure_by_value():
     assert node.size > 3000  # what the closure captured travels with it
 
 
+def test_explain_a_global_sent_as_a_copyreg_extension_code():
+    import copyreg
+    import operator
+    import pickle
+    import pickletools
+
+    copyreg.add_extension("_operator", "add", 0x7FFF0001)
+    try:
+        data = pickle.dumps([operator.add], protocol=2)
+    finally:
+        copyreg.remove_extension("_operator", "add", 0x7FFF0001)
+    assert any(op.name == "EXT4" for op, _, _ in pickletools.genops(data))
+    node = explain_bytes(data)
+    assert node.size == len(data)
+    text = render_tree(node)
+    assert "extension code 2147418113" in text and "copyreg extension registry" in text
+
+
 def test_explain_sizes_add_up_to_the_pickle():
     import pickle
 

@@ -318,7 +318,10 @@ def render_tree(node: Node, *, depth: int = 8, width: int = 20) -> str:
 
     def describe(n: Node) -> str:
         if n.kind == "global":
-            return (f"{n.ref}  by reference: the receiver imports {n.ref.rsplit('.', 1)[0]!r} "  # type: ignore[union-attr]  # None for an extension-code global: raises
+            if n.ref is None:  # EXT1/2/4: a number copyreg.add_extension gave the name
+                return (f"{n.label}  by reference: the receiver finds the name under that code "
+                        "in its own copyreg extension registry")
+            return (f"{n.ref}  by reference: the receiver imports {n.ref.rsplit('.', 1)[0]!r} "
                     "and looks the name up; the definition does not travel")
         if n.kind == "by_value":
             return f"{n.label}  by value: its definition travels in the pickle"
