@@ -394,3 +394,38 @@ if __name__ == "__main__":
     starts = {r["child"]: r for r in records if r["event"] == "process_start"}
     assert starts["grandchild"]["pid"] == starts["child"]["child_pid"]
     assert not run.records  # nothing went to the environment's file
+
+
+def test_process_start_records_name_each_child_and_target(run_program):
+    # process_start lines come from templates cached by target: each must still name its own
+    # child, target and parent.
+    run = run_program(PRELUDE + """
+class Worker:
+    def go(self):
+        pass
+
+class Custom(multiprocessing.Process):
+    def run(self):
+        pass
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context("fork")
+    starts = [ctx.Process(target=work, args=(1,), name="a"),
+              ctx.Process(target=work, args=(2,), name='b"%s'),
+              ctx.Process(target=Worker().go, name="c"), ctx.Process(target=Worker().go, name="d"),
+              Custom(name="e"), ctx.Process(target=work, args=(3,), name="f")]
+    for i, p in enumerate(starts):
+        if i == 4:
+            multiprocessing.current_process().name = "Renamed"
+        p.start()
+        p.join()
+""")
+    assert run.returncode == 0, run.stderr
+    got = [(r["child"], r["target"], r["process"], r["child_pid"] > 0)
+           for r in run.events("process_start")]
+    assert got == [("a", "__main__.work", "MainProcess", True),
+                   ('b"%s', "__main__.work", "MainProcess", True),
+                   ("c", "__main__.Worker.go", "MainProcess", True),
+                   ("d", "__main__.Worker.go", "MainProcess", True),
+                   ("e", "__main__.Custom.run", "Renamed", True),
+                   ("f", "__main__.work", "Renamed", True)]

@@ -18,13 +18,15 @@ import os
 import pickle
 import sys
 import threading
-from time import perf_counter_ns, time
+import types
+from multiprocessing import process as _mp_process
+from time import perf_counter_ns, time, time_ns
 
 from . import _child, _tracer
 
 TYPE_CHECKING = False  # typing costs milliseconds to import, in every spawned child
 if TYPE_CHECKING:
-    from typing import Any, List, Optional, Tuple
+    from typing import Any, Dict, List, Optional, Tuple
 
 __all__ = ["active_pickler", "current_launch", "install_patches", "remove_patches"]
 
@@ -86,6 +88,7 @@ def install_patches(tracer: Any) -> None:
     from multiprocessing import context, reduction
 
     _config = tracer.config
+    _start_templates.clear()
     for name in ("multiprocessing.connection", "multiprocessing.queues"):
         module = sys.modules.get(name)
         if module is not None:
@@ -134,7 +137,7 @@ def _popen_hook(original: Any, method: str) -> Any:
         launch = _Launch(method, process_obj.name)
         if pickled:
             _child.attach(process_obj, tracer.config)
-        from ._pickler import _safely
+        from ._pickler import _internal_error, _safely
 
         # The record is made ready before the launch: a parent that has just forked copies
         # every page it writes to (copy-on-write), and a record made then took ~220 us, not 10.
@@ -148,17 +151,72 @@ def _popen_hook(original: Any, method: str) -> Any:
             _local.launch = previous
         duration = perf_counter_ns() - start
         if record is not None:
-            _safely(_write_start, tracer, record, popen, launch, duration)
+            template, child = record
+            pid = getattr(popen, "pid", None)
+            if child is not None and type(pid) is int:
+                # Inline, for the same reason: each function called here is pages written.
+                try:
+                    seconds, micros = divmod(time_ns() // 1000, 1_000_000)
+                    tracer.sink.write(template % (
+                        seconds, micros, next(_tracer._seq), child, pid,
+                        b"%d" % launch.size if pickled else b"null", duration))
+                except Exception as exc:
+                    _internal_error(exc)
+            else:
+                _safely(_write_start, tracer, record, process_obj, popen, launch, duration)
         return popen
 
     _Popen.__wrapped__ = original  # type: ignore[attr-defined]
     return _Popen
 
 
+# process_start templates, by the target (or the Process subclass whose run() is overridden) and
+# the start method: most programs start many children of one kind, and building a record for each
+# start wrote to ~45 pages that the previous fork had made copy-on-write.  The child's name is a
+# hole.  Only targets that are functions or classes are cached (a bound method is new each time,
+# and would keep its object alive); the parent's pid is in the templates, so a forked child
+# starts with none.
+_start_templates: Dict[Tuple[int, str], Tuple[Any, str, bytes]] = {}
+_START_HOLES = {"ts": b"%d.%06d", "seq": b"%d", "child": b"%b",  # ts: as _pickler.TS_HOLE
+                "child_pid": b"%d", "size": b"%b", "duration_ns": b"%d"}
+_CACHED_TARGETS = (types.FunctionType, types.BuiltinFunctionType)
+
+
 def _start_record(tracer: Any, process_obj: Any, launch: _Launch,
-                  pickled: bool) -> Tuple[dict, Optional[bytes]]:
-    """The process_start record but for what the launch tells, and its template."""
-    from ._pickler import TS_HOLE, qualified_name, template_of
+                  pickled: bool) -> Tuple[Any, Optional[bytes]]:
+    """Before the launch: a template and the child's name as JSON for its hole, or the record
+    as a dict (and None) for what the template path does not render."""
+    if not tracer._processors and (pickled or not tracer.config.check_spawn):
+        who = getattr(process_obj, "_target", None)
+        if who is None:
+            who = type(process_obj)
+        name = _mp_process._current_process._name  # type: ignore[attr-defined]
+        key = (id(who), launch.method)
+        hit = _start_templates.get(key)
+        if hit is None or hit[0] is not who or hit[1] is not name:
+            from ._pickler import template_of
+
+            rec = _start_rec(tracer, process_obj, launch, pickled)
+            try:
+                hit = (who, name, template_of(rec, _START_HOLES))
+            except (TypeError, ValueError):  # the dict path renders what a template cannot
+                return rec, None
+            if type(who) in _CACHED_TARGETS or isinstance(who, type):
+                if len(_start_templates) >= 256:
+                    _start_templates.clear()
+                _start_templates[key] = hit
+        from ._pickler import json_string
+
+        try:
+            return hit[2], json_string(launch.child)
+        except ValueError:  # lone surrogates in the name: the dict path escapes them
+            pass
+    return _start_rec(tracer, process_obj, launch, pickled), None
+
+
+def _start_rec(tracer: Any, process_obj: Any, launch: _Launch, pickled: bool) -> dict:
+    """The process_start record but for what the launch tells."""
+    from ._pickler import qualified_name
 
     rec = _tracer.base_record("process_start", launch.method, numbered=False)
     rec["child"] = launch.child
@@ -171,37 +229,21 @@ def _start_record(tracer: Any, process_obj: Any, launch: _Launch,
         from ._spawncheck import check_spawn
 
         rec["spawn_check"] = check_spawn(process_obj, tracer)
-    template = None
-    if not tracer._processors:
-        try:
-            template = template_of(rec, {"ts": TS_HOLE, "seq": b"%d", "child_pid": b"%b",
-                                         "size": b"%b", "duration_ns": b"%d"})
-        except (TypeError, ValueError):  # the dict path renders what a template cannot
-            pass
-    return rec, template
+    return rec
 
 
-def _write_start(tracer: Any, record: Tuple[dict, Optional[bytes]], popen: Any,
-                 launch: _Launch, duration: int) -> None:
-    rec, template = record
-    pid = getattr(popen, "pid", None)
-    size = launch.size if rec["pickled"] else None
-    seq = next(_tracer._seq)
-    if template is not None and (pid is None or type(pid) is int):
-        from ._pickler import ts_parts
-
-        tracer.sink.write(template % (*ts_parts(), seq, _number(pid), _number(size), duration))
-        return
+def _write_start(tracer: Any, record: Tuple[Any, Optional[bytes]], process_obj: Any,
+                 popen: Any, launch: _Launch, duration: int) -> None:
+    """After the launch, the dict path (a template's child_pid must be an int)."""
+    rec, child = record
+    if child is not None:  # a template, but an odd Popen: rare enough to make the dict now
+        rec = _start_rec(tracer, process_obj, launch, launch.method != "fork")
     rec["ts"] = time()
-    rec["seq"] = seq
-    rec["child_pid"] = pid
-    rec["size"] = size
+    rec["seq"] = next(_tracer._seq)
+    rec["child_pid"] = getattr(popen, "pid", None)
+    rec["size"] = launch.size if rec["pickled"] else None
     rec["duration_ns"] = duration
     tracer.emit(rec)
-
-
-def _number(value: Optional[int]) -> bytes:
-    return b"null" if value is None else b"%d" % value
 
 
 def _target_name(process_obj: Any, qualified_name: Any) -> Optional[str]:
@@ -226,5 +268,6 @@ def after_fork_in_child() -> None:
     pickler = sys.modules.get("tracedmp._pickler")
     if pickler is not None:
         pickler.forget_templates()
+    _start_templates.clear()
     if _tracer.current is not None:
         _tracer.after_fork_in_child()

@@ -427,7 +427,7 @@ def json_bytes(value: Any) -> bytes:
     Raises TypeError for anything else and ValueError for lone surrogates (undecodable names):
     the caller then renders with orjson, or the stdlib's json, which escape them."""
     if isinstance(value, str):
-        return _quote(value).encode("utf-8")
+        return json_string(value)
     if value is None:
         return b"null"
     if isinstance(value, bool):
@@ -441,6 +441,11 @@ def json_bytes(value: Any) -> bytes:
     if isinstance(value, dict):
         return b"{" + b",".join(_key(k) + b":" + json_bytes(v) for k, v in value.items()) + b"}"
     raise TypeError(f"cannot render a {type(value).__name__}")
+
+
+def json_string(text: str) -> bytes:
+    """``text`` as a JSON string; ValueError for lone surrogates."""
+    return _quote(text).encode("utf-8")
 
 
 def _key(key: Any) -> bytes:
