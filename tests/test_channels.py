@@ -429,3 +429,32 @@ if __name__ == "__main__":
                    ("d", "__main__.Worker.go", "MainProcess", True),
                    ("e", "__main__.Custom.run", "Renamed", True),
                    ("f", "__main__.work", "Renamed", True)]
+
+
+def test_forkserver_children_inherit_tracings_modules(run_program):
+    # Loaded once in the fork server, not again in every child it forks (~2.5 ms each); the
+    # program's own preload list is kept.
+    run = run_program("""
+import sys
+import tracedmp as multiprocessing
+from multiprocessing import forkserver
+
+def work(q):
+    q.put(1)
+
+if __name__ == "__main__":
+    multiprocessing.set_forkserver_preload(["json"])
+    ctx = multiprocessing.get_context("forkserver")
+    q = ctx.SimpleQueue()
+    for _ in range(3):
+        p = ctx.Process(target=work, args=(q,))
+        p.start()
+        assert q.get() == 1
+        p.join()
+    print(forkserver._forkserver._preload_modules)
+""", env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().startswith("['json', 'tracedmp._hooks'")
+    imports = [line for line in run.stderr.splitlines() if line.endswith("| tracedmp._hooks")]
+    assert len(imports) == 2, imports  # the program and the server; none in the 3 children
+    assert len(run.events("pickle", channel="queue")) >= 3  # the children traced all the same

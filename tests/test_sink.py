@@ -210,11 +210,12 @@ if __name__ == "__main__":
     with multiprocessing.get_context("fork").Pool(2) as pool:
         assert pool.map(double, range(50)) == list(range(0, 100, 2))
     print("orjson" in sys.modules)
-    for k in range(40):
-        a, b = multiprocessing.Pipe()
+    a, b = multiprocessing.Pipe()
+    for k in range(1100):  # past the records the small writer takes before orjson is cheaper
         a.send(lambda: k)
+        b.recv()
     print("orjson" in sys.modules)
 """, env={"TRACEDMP_PICKLER": "cloudpickle"})
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["False", "True"]
-    assert run.events("trace_start") and len(run.events("pickle", channel="pipe")) == 40
+    assert run.events("trace_start") and len(run.events("pickle", channel="pipe")) == 1100

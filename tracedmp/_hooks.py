@@ -137,6 +137,8 @@ def _popen_hook(original: Any, method: str) -> Any:
         launch = _Launch(method, process_obj.name)
         if pickled:
             _child.attach(process_obj, tracer.config)
+            if method == "forkserver":
+                _preload_in_forkserver()
         from ._pickler import _internal_error, _safely
 
         # The record is made ready before the launch: a parent that has just forked copies
@@ -180,6 +182,23 @@ _start_templates: Dict[Tuple[int, str], Tuple[Any, str, bytes]] = {}
 _START_HOLES = {"ts": b"%d.%06d", "seq": b"%d", "child": b"%b",  # ts: as _pickler.TS_HOLE
                 "child_pid": b"%d", "size": b"%b", "duration_ns": b"%d"}
 _CACHED_TARGETS = (types.FunctionType, types.BuiltinFunctionType)
+
+
+# What a child that starts tracing imports.  A forkserver child is forked from the server: with
+# these loaded there, each child no longer imports them (~2.5 ms of CPU a child).
+_TRACING_MODULES = ("tracedmp._hooks", "tracedmp._pickler", "tracedmp._channels")
+
+
+def _preload_in_forkserver() -> None:
+    from multiprocessing import forkserver
+
+    server: Any = forkserver._forkserver  # its private fields are not in the stubs
+    if server._forkserver_pid is not None:
+        return  # running: it preloaded what it was told when it started
+    preload = server._preload_modules
+    missing = [m for m in _TRACING_MODULES if m not in preload]
+    if missing:  # a new list: the program's own stays as it gave it
+        server._preload_modules = [*preload, *missing]
 
 
 def _start_record(tracer: Any, process_obj: Any, launch: _Launch,

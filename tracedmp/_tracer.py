@@ -29,11 +29,11 @@ FORMAT_VERSION = 1
 _dumps = None  # orjson.dumps, imported once a process makes records no template fits
 
 # orjson renders a record in ~0.4 us but takes ~14 ms to import (dataclasses, inspect, uuid...),
-# about what a short traced program spends on everything else tracedmp does.  The few records of
-# a usual program that no template fits (trace_start, the first of each kind) are rendered by the
-# templates' own small JSON writer (~9 us each); orjson is loaded for a program that goes on making
-# such records (functions by value, failures, structlog processors).
-_SMALL_WRITER_RECORDS = 16
+# about what a short traced program spends on everything else tracedmp does.  Records no template
+# fits (trace_start, launch data, the first of each kind) are rendered by the templates' own small
+# JSON writer (~9 us each) until it has cost about what that import would; only a process that
+# goes on making such records (functions by value, failures, structlog processors) loads orjson.
+_SMALL_WRITER_RECORDS = 1024
 _small_writer_left = _SMALL_WRITER_RECORDS
 
 
