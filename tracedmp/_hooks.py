@@ -135,12 +135,12 @@ def _popen_hook(original: Any, method: str) -> Any:
             _child.detach(process_obj)
             return original(process_obj)
         launch = _Launch(method, process_obj.name)
+        from ._pickler import _internal_error, _safely
+
         if pickled:
             _child.attach(process_obj, tracer.config)
             if method == "forkserver":
-                _preload_in_forkserver()
-        from ._pickler import _internal_error, _safely
-
+                _safely(_preload_in_forkserver)
         # The record is made ready before the launch: a parent that has just forked copies
         # every page it writes to (copy-on-write), and a record made then took ~220 us, not 10.
         record = _safely(_start_record, tracer, process_obj, launch, pickled)
@@ -193,9 +193,10 @@ def _preload_in_forkserver() -> None:
     from multiprocessing import forkserver
 
     server: Any = forkserver._forkserver  # its private fields are not in the stubs
-    if server._forkserver_pid is not None:
-        return  # running: it preloaded what it was told when it started
-    preload = server._preload_modules
+    preload = getattr(server, "_preload_modules", None)
+    running = getattr(server, "_forkserver_pid", None) is not None
+    if running or not isinstance(preload, (list, tuple)):
+        return  # it preloaded what it was told when it started; or not a server we know
     missing = [m for m in _TRACING_MODULES if m not in preload]
     if missing:  # a new list: the program's own stays as it gave it
         server._preload_modules = [*preload, *missing]
