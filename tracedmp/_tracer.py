@@ -47,7 +47,7 @@ def _render(record: dict) -> bytes:
 
             try:
                 return json_bytes(record) + b"\n"
-            except (TypeError, ValueError):  # what only orjson (or the stdlib) renders
+            except (TypeError, ValueError, RecursionError):  # what only orjson or json renders
                 pass
         dumps = _dumps = _load_dumps()
     try:
