@@ -158,7 +158,7 @@ def _popen_hook(original: Any, method: str) -> Any:
             if child is not None and type(pid) is int:
                 # Inline, for the same reason: each function called here is pages written.
                 try:
-                    seconds, micros = divmod(time_ns() // 1000, 1_000_000)
+                    seconds, micros = divmod(time_ns() // 1000, 1_000_000)  # ts_parts()
                     tracer.sink.write(template % (
                         seconds, micros, next(_tracer._seq), child, pid,
                         b"%d" % launch.size if pickled else b"null", duration))
@@ -179,8 +179,8 @@ def _popen_hook(original: Any, method: str) -> Any:
 # and would keep its object alive); the parent's pid is in the templates, so a forked child
 # starts with none.
 _start_templates: Dict[Tuple[int, str], Tuple[Any, str, bytes]] = {}
-_START_HOLES = {"ts": b"%d.%06d", "seq": b"%d", "child": b"%b",  # ts: as _pickler.TS_HOLE
-                "child_pid": b"%d", "size": b"%b", "duration_ns": b"%d"}
+_START_HOLES = {"seq": b"%d", "child": b"%b", "child_pid": b"%d", "size": b"%b",
+                "duration_ns": b"%d"}  # and ts: _pickler.TS_HOLE
 _CACHED_TARGETS = (types.FunctionType, types.BuiltinFunctionType)
 
 
@@ -214,11 +214,11 @@ def _start_record(tracer: Any, process_obj: Any, launch: _Launch,
         key = (id(who), launch.method)
         hit = _start_templates.get(key)
         if hit is None or hit[0] is not who or hit[1] is not name:
-            from ._pickler import template_of
+            from ._pickler import TS_HOLE, template_of
 
             rec = _start_rec(tracer, process_obj, launch, pickled)
             try:
-                hit = (who, name, template_of(rec, _START_HOLES))
+                hit = (who, name, template_of(rec, {"ts": TS_HOLE, **_START_HOLES}))
             except (TypeError, ValueError):  # the dict path renders what a template cannot
                 return rec, None
             if type(who) in _CACHED_TARGETS or isinstance(who, type):

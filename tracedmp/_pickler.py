@@ -451,7 +451,7 @@ def json_string(text: str) -> bytes:
 def _key(key: Any) -> bytes:
     if not isinstance(key, str):  # JSON's keys are strings; the stdlib path converts others
         raise TypeError(f"cannot render a {type(key).__name__} key")
-    return _quote(key).encode("utf-8")
+    return json_string(key)
 
 
 # Names of the types pickled, by type; bounded (dynamically created types come and go).
