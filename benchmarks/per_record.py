@@ -19,7 +19,9 @@ from multiprocessing.pool import mapstar
 from multiprocessing.reduction import ForkingPickler
 
 import tracedmp
-from tracedmp import _pickler, _tracer
+from tracedmp._runtime import control
+from tracedmp._runtime import picklers as _pickler
+from tracedmp._runtime import tracer as _tracer
 
 
 def noop(x):
@@ -65,7 +67,7 @@ def measure(n):
         row["+ written, child (write-through)"] = per_call(_pickler.TracingPickler.dumps, obj, n)
         tracedmp.uninstall()
         tracedmp.reset_config()
-        _tracer._implicit_allowed = True
+        control._implicit_allowed = True
         os.unlink(trace)
     os.rmdir(os.path.dirname(trace))
     return steps

@@ -21,13 +21,13 @@ def start() -> None:
 
 def _install() -> None:
     try:
-        from tracedmp import _tracer
+        from tracedmp._runtime import config, control, tracer
 
         main = os.environ.get(_ENV) == str(os.getpid())
-        if _tracer.current is None:
-            cfg = _tracer._config.resolve()
+        if tracer.current is None:
+            cfg = config.resolve()
             if cfg.enabled:
-                _tracer.activate(cfg, main=main)
+                control.activate(cfg, main=main)
     except Exception as exc:  # the program must run even if tracing cannot
         sys.stderr.write(f"tracedmp: tracing not started: {exc}\n")
 

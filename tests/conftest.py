@@ -13,7 +13,7 @@ from typing import Dict, List, Optional
 import pytest
 
 import tracedmp
-from tracedmp import _tracer
+from tracedmp._runtime import control
 
 METHODS = ["fork", "spawn", "forkserver"]
 
@@ -25,12 +25,12 @@ def _clean_state(monkeypatch):
                 "TRACEDMP_AUTOSTART"):
         monkeypatch.delenv(var, raising=False)
     tracedmp.reset_config()
-    _tracer.deactivate()
-    _tracer._implicit_allowed = True
+    control.deactivate()
+    control._implicit_allowed = True
     yield
     tracedmp.reset_config()
-    _tracer.deactivate()
-    _tracer._implicit_allowed = True
+    control.deactivate()
+    control._implicit_allowed = True
     leftovers = multiprocessing.active_children()
     for p in leftovers:
         p.kill()

@@ -84,9 +84,10 @@ def test_import_has_no_side_effects(tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60, cwd=tmp_path)
 
 
-def test_a_spawned_child_that_uses_nothing_traced_loads_two_modules(run_program, tmp_path):
-    # Every spawn start pays for what its child imports: the package and _child (named by the
-    # launch data); tracing starts for real, and loads the rest, at the child's first use of it.
+def test_a_spawned_child_that_uses_nothing_traced_loads_only_its_bootstrap(run_program, tmp_path):
+    # Every spawn start pays for what its child imports: the package and the child bootstrap
+    # (named by the launch data); tracing starts for real, and loads the rest, at the child's
+    # first use of it.
     run = run_program("""
 import json, sys
 import tracedmp as multiprocessing
@@ -102,5 +103,5 @@ if __name__ == "__main__":
 """, str(tmp_path / "modules.json"))
     assert run.returncode == 0, run.stderr
     loaded = json.loads((tmp_path / "modules.json").read_text())
-    assert loaded == ["tracedmp", "tracedmp._child"]
+    assert loaded == ["tracedmp", "tracedmp._runtime", "tracedmp._runtime.child"]
     assert run.events("process_start", pickled=True)

@@ -342,7 +342,7 @@ def test_a_fork_while_a_child_starts_tracing_does_not_hang_the_grandchild(run_pr
 import os, signal, sys
 import multiprocessing as std
 import tracedmp
-from tracedmp import _child
+from tracedmp._runtime import child as _child
 
 def child():
     with _child._lock:  # as if another thread were starting tracing right now
@@ -454,7 +454,8 @@ if __name__ == "__main__":
     print(forkserver._forkserver._preload_modules)
 """, env={"PYTHONPROFILEIMPORTTIME": "1"})
     assert run.returncode == 0, run.stderr
-    assert run.stdout.strip().startswith("['json', 'tracedmp._hooks'")
-    imports = [line for line in run.stderr.splitlines() if line.endswith("| tracedmp._hooks")]
+    assert run.stdout.strip().startswith("['json', 'tracedmp._runtime.hooks'")
+    imports = [line for line in run.stderr.splitlines()
+               if line.rsplit("|", 1)[-1].strip() == "tracedmp._runtime.hooks"]
     assert len(imports) == 2, imports  # the program and the server; none in the 3 children
     assert len(run.events("pickle", channel="queue")) >= 3  # the children traced all the same

@@ -314,7 +314,7 @@ def test_cloudpickle_register_pickle_by_value_is_respected(tmp_path, monkeypatch
 
     import cloudpickle
 
-    from tracedmp._pickler import pickler_class
+    from tracedmp._runtime.picklers import pickler_class
 
     (tmp_path / "byvalmod.py").write_text("def f(x):\n    return x\n")
     monkeypatch.syspath_prepend(str(tmp_path))

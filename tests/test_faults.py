@@ -183,8 +183,9 @@ if __name__ == "__main__":
 def test_stopping_tracing_while_another_thread_pickles():
     import io
 
-    from tracedmp import _tracer
-    from tracedmp._pickler import TracingPickler, traced_dump
+    from tracedmp._runtime import tracer as _tracer
+    from tracedmp._runtime.hooks import traced_dump
+    from tracedmp._runtime.picklers import TracingPickler
 
     assert _tracer.current is None
     data = TracingPickler.dumps([len, {"f": abs}])  # what a thread already inside dumps() does

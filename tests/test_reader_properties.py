@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from tracedmp import TraceFormatError, read_trace, summarize  # noqa: E402
-from tracedmp._report import render_text  # noqa: E402
+from tracedmp._read.report import render_text  # noqa: E402
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),

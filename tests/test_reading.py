@@ -9,7 +9,7 @@ import pytest
 
 import tracedmp
 from tracedmp import TraceFileError, TraceFormatError, read_trace
-from tracedmp._explain import explain, explain_bytes, render_tree
+from tracedmp._read.explain import explain, explain_bytes, render_tree
 
 PROGRAM = """
 import sys

@@ -6,7 +6,8 @@ import stat
 
 import pytest
 
-from tracedmp._sink import TraceFile
+from tracedmp._runtime import control
+from tracedmp._runtime.sink import TraceFile
 
 WRITERS = """
 import os, sys
@@ -144,7 +145,7 @@ def test_fast_rendering_matches_the_record_dicts(tmp_path):
             p.join()
         tracedmp.uninstall()
         tracedmp.reset_config()
-        tracedmp._tracer._implicit_allowed = True
+        control._implicit_allowed = True
         with open(path) as f:
             return [r for r in map(json.loads, f) if r["event"] in ("pickle", "process_start")
                     and r["pid"] == os.getpid()]
@@ -181,7 +182,7 @@ def test_the_small_json_writer_agrees_with_orjson_or_declines():
 
     import orjson
 
-    from tracedmp._pickler import json_bytes
+    from tracedmp._runtime.render import json_bytes
 
     agree = [0, -7, 2**62, True, None, "", 'q"uo\\te', "tab\tnl\ncr\r\x00\x1f", "é€😀",
              0.1, 1e-07, 1e16, -2.5, 1795645753.5757418, [], {}, [1, [2, {"a": None}]],

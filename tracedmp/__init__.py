@@ -55,11 +55,19 @@ if TYPE_CHECKING:
         Value,
         get_context,
     )
-    from ._config import Config, configure, get_config, reset_config
     from ._errors import ConfigError, TraceFileError, TraceFormatError, TracedmpError
-    from ._reader import Record, Trace, read_trace
-    from ._report import summarize
-    from ._tracer import FORMAT_VERSION, install, is_tracing, uninstall
+    from ._read.reader import Record, Trace, read_trace
+    from ._read.report import summarize
+    from ._runtime.config import Config
+    from ._runtime.control import (
+        configure,
+        get_config,
+        install,
+        is_tracing,
+        reset_config,
+        uninstall,
+    )
+    from ._runtime.tracer import FORMAT_VERSION
     from ._version import __version__
 
 # multiprocessing's names, then ours.
@@ -123,18 +131,20 @@ __all__ = [
 
 
 # Our names, imported from their modules on first use: a spawned child imports this package at
-# every start (to unpickle tracedmp._child.restore) and needs none of them.
+# every start (to unpickle tracedmp._runtime.child.restore) and needs none of them.
 _LAZY = {
     **dict.fromkeys(("Array", "Barrier", "BoundedSemaphore", "Condition", "Event",
                      "JoinableQueue", "Lock", "Manager", "Pipe", "Pool", "Process", "Queue",
                      "RLock", "RawArray", "RawValue", "Semaphore", "SimpleQueue", "Value",
                      "get_context"), "_api"),
-    **dict.fromkeys(("Config", "configure", "get_config", "reset_config"), "_config"),
+    "Config": "_runtime.config",
+    **dict.fromkeys(("configure", "get_config", "install", "is_tracing", "reset_config",
+                     "uninstall"), "_runtime.control"),
     **dict.fromkeys(("ConfigError", "TraceFileError", "TraceFormatError", "TracedmpError"),
                     "_errors"),
-    **dict.fromkeys(("FORMAT_VERSION", "install", "is_tracing", "uninstall"), "_tracer"),
-    **dict.fromkeys(("Record", "Trace", "read_trace"), "_reader"),
-    "summarize": "_report",
+    "FORMAT_VERSION": "_runtime.tracer",
+    **dict.fromkeys(("Record", "Trace", "read_trace"), "_read.reader"),
+    "summarize": "_read.report",
     "__version__": "_version",
 }
 
@@ -142,7 +152,7 @@ _LAZY = {
 def __getattr__(name: str) -> "Any":
     module = _LAZY.get(name)
     if module is not None:
-        child = _sys.modules.get(f"{__name__}._child")
+        child = _sys.modules.get(f"{__name__}._runtime.child")
         if child is not None:  # a spawned child's tracing starts before its API is used
             child.start_pending()
         value = getattr(_importlib.import_module(f"{__name__}.{module}"), name)

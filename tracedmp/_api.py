@@ -23,10 +23,10 @@ __all__ = [
 
 
 def _activate_implicitly() -> None:
-    # _tracer is imported on first call, not with this module: a spawned child that unpickles a
-    # tracedmp.Process loads this module, and need not load _tracer until it uses something.
+    # control is imported on first call, not with this module: a spawned child that unpickles a
+    # tracedmp.Process loads this module, and need not load the runtime until it uses something.
     global _activate_implicitly
-    from ._tracer import activate_implicitly
+    from ._runtime.control import activate_implicitly
 
     _activate_implicitly = activate_implicitly
     activate_implicitly()

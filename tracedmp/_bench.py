@@ -29,7 +29,7 @@ import time
 from multiprocessing.reduction import ForkingPickler
 from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple, Union
 
-from ._cli import _positive
+from ._args import evaluate_expression, positive
 from ._errors import TracedmpError
 
 __all__ = ["add_parser", "run"]
@@ -83,13 +83,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     bench.add_argument("--methods", type=_methods, metavar="M[,M...]",
                        help="start methods to time (default: all of "
                        f"{','.join(multiprocessing.get_all_start_methods())})")
-    bench.add_argument("--tasks", type=_positive, metavar="N",
+    bench.add_argument("--tasks", type=positive, metavar="N",
                        help="tasks per Pool.map (default: enough for ~0.3 s a run)")
-    bench.add_argument("--processes", type=_positive, metavar="N",
+    bench.add_argument("--processes", type=positive, metavar="N",
                        help="pool size (default: cores, at most 4)")
     bench.add_argument("--chunksizes", type=_chunksizes, metavar="C[,C...]",
                        help=f"chunksize sweep (default {','.join(map(str, CHUNKSIZES))})")
-    bench.add_argument("--repeat", type=_positive, metavar="N",
+    bench.add_argument("--repeat", type=positive, metavar="N",
                        help="rounds; figures are medians (default 5, 1 with --quick)")
     bench.add_argument("--quick", "--fast", action="store_true", dest="quick",
                        help="a small, fast run: few tasks, one round")
@@ -164,15 +164,13 @@ def evaluate_payload(expr: str) -> Any:
     """Evaluate ``--expr`` as ``tracedmp explain`` does, importing the modules it names."""
     import ast
 
-    from ._cli import _evaluate
-
     try:
         ast.parse(expr, mode="eval")
     except SyntaxError as exc:
         raise TracedmpError(f"--expr {expr!r} is not a Python expression ({exc.msg}); quote it "
                             "for the shell, e.g. --expr 'list(range(1000))'") from None
     try:
-        return _evaluate(expr)
+        return evaluate_expression(expr)
     except TracedmpError as exc:
         raise TracedmpError(f"--expr: {exc}; use builtins and modules named in full (e.g. "
                             "--expr 'decimal.Decimal(1)'), or --payload MODULE:FUNCTION") from None
@@ -183,9 +181,10 @@ def check_payload(payload: Any, source: str) -> bytes:
     try:
         data = bytes(ForkingPickler.dumps(payload))
     except Exception as exc:
-        from ._diagnose import diagnose
+        from ._runtime.diagnose import diagnose
+        from ._runtime.picklers import dump_untraced
 
-        path, hint = diagnose(payload, exc, "pickle")
+        path, hint = diagnose(payload, exc, "pickle", dump=dump_untraced)
         where = f" at {path}" if path else ""
         raise TracedmpError(f"{source!r}: multiprocessing cannot pickle the payload{where}: "
                             f"{type(exc).__name__}: {exc}; {hint}") from None
@@ -448,7 +447,7 @@ def _type_name(obj: Any) -> str:
 
 def render_text(res: Dict[str, Any]) -> str:
     """The results as tables for a terminal."""
-    from ._report import _fmt_bytes
+    from ._read.report import _fmt_bytes
 
     s, pay = res["settings"], res["payload"]
     lines = [
@@ -501,7 +500,7 @@ def _run_cells(row: Dict[str, Any]) -> str:
 
 
 def _fmt_s(seconds: float) -> str:
-    from ._report import _fmt_ns
+    from ._read.report import _fmt_ns
 
     return _fmt_ns(seconds * 1e9)
 
@@ -602,9 +601,9 @@ class _untraced_children:
 
 
 def _check_not_tracing() -> None:
-    from . import _tracer
+    from ._runtime import tracer
 
-    if _tracer.is_tracing():
+    if tracer.current is not None:
         raise TracedmpError("tracing is on in this process, and the bench measures plain "
                             "multiprocessing: run tracedmp bench outside `tracedmp run` "
                             "(unset TRACEDMP_AUTOSTART)")
@@ -621,7 +620,7 @@ def _check_plot(path: Optional[str]) -> None:
 
 
 def _chunksizes(text: str) -> List[int]:
-    sizes = [_positive(part.strip()) for part in text.split(",") if part.strip()]
+    sizes = [positive(part.strip()) for part in text.split(",") if part.strip()]
     if not sizes:
         raise argparse.ArgumentTypeError("name at least one chunksize, e.g. 1,4,16,64")
     return list(dict.fromkeys(sizes))

@@ -7,6 +7,7 @@ import os
 import sys
 from typing import List, Optional
 
+from ._args import evaluate_expression, positive
 from ._errors import TracedmpError
 
 __all__ = ["main"]
@@ -67,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Summarize a trace in one streaming pass.")
     report.add_argument("trace", metavar="TRACE", help="a trace file (JSON Lines)")
     report.add_argument("--json", action="store_true", help="print the summary as JSON")
-    report.add_argument("--top", type=_positive, default=10, metavar="N",
+    report.add_argument("--top", type=positive, default=10, metavar="N",
                         help="rows in the top-N tables (default 10)")
     report.add_argument("--channel", help="only records of this channel (e.g. pool.task)")
     report.add_argument("--pid", type=int, help="only records of this process id")
@@ -91,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
                          help="an expression such as 'mymod.work' or '[mymod.work, 1]', or a "
                          "file holding a pickle")
     explain.add_argument("--pickler", choices=("pickle", "cloudpickle"), default="pickle")
-    explain.add_argument("--depth", type=_positive, default=8, help="levels shown (default 8)")
+    explain.add_argument("--depth", type=positive, default=8, help="levels shown (default 8)")
     explain.add_argument("--json", action="store_true", help="print the tree as JSON")
     explain.set_defaults(func=_explain)
 
@@ -107,7 +108,7 @@ def _no_records(path: str) -> TracedmpError:
 
 
 def _timeline(args: argparse.Namespace) -> int:
-    from ._timeline import write_timeline
+    from ._read.timeline import write_timeline
 
     out_path = args.output or (os.path.splitext(args.trace)[0] + ".timeline.json")
     tmp = out_path + ".part"
@@ -128,7 +129,7 @@ def _timeline(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from ._explain import explain, explain_bytes, render_tree
+    from ._read.explain import explain, explain_bytes, render_tree
 
     if os.path.isfile(args.target):
         with open(args.target, "rb") as f:
@@ -138,13 +139,14 @@ def _explain(args: argparse.Namespace) -> int:
         except Exception as exc:  # pickletools' errors for bytes that are not a pickle
             raise TracedmpError(f"{args.target}: not a pickle ({exc})") from None
     else:
-        obj = _evaluate(args.target)
+        obj = evaluate_expression(args.target)
         try:
             node = explain(obj, args.pickler)
         except Exception as exc:
-            from ._diagnose import diagnose
+            from ._runtime.diagnose import diagnose
+            from ._runtime.picklers import dump_untraced
 
-            path, hint = diagnose(obj, exc, args.pickler)
+            path, hint = diagnose(obj, exc, args.pickler, dump=dump_untraced)
             where = f" at {path}" if path else ""
             raise TracedmpError(f"{args.target!r} cannot be pickled{where}: "
                                 f"{type(exc).__name__}: {exc}; {hint}") from None
@@ -159,46 +161,6 @@ def _explain(args: argparse.Namespace) -> int:
         raise TracedmpError(f"{args.target}: the pickle nests too deeply to show as a tree "
                             "(raise the recursion limit, or explain a part of it)") from None
     return 0
-
-
-def _evaluate(expr: str) -> object:
-    """Evaluate ``expr``, importing the modules its dotted names start with."""
-    import ast
-    import importlib
-
-    try:
-        tree = ast.parse(expr, mode="eval")
-    except SyntaxError as exc:
-        raise TracedmpError(f"{expr!r} is neither a file nor a Python expression ({exc.msg}); "
-                            "quote it for the shell, e.g. tracedmp explain 'mymod.work'") from None
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    namespace: dict = {}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute):
-            parts = []
-            inner: ast.AST = node
-            while isinstance(inner, ast.Attribute):
-                parts.append(inner.attr)
-                inner = inner.value
-            if isinstance(inner, ast.Name):
-                parts.append(inner.id)
-                dotted = list(reversed(parts))
-                for i in range(len(dotted), 0, -1):
-                    try:
-                        importlib.import_module(".".join(dotted[:i]))
-                        break
-                    except ImportError:
-                        continue
-        if isinstance(node, ast.Name) and node.id not in namespace:
-            try:
-                namespace[node.id] = importlib.import_module(node.id)
-            except ImportError:
-                pass
-    try:
-        return eval(compile(tree, "<explain>", "eval"), namespace)  # noqa: S307 - the user's own
-    except Exception as exc:
-        raise TracedmpError(f"evaluating {expr!r} failed: {type(exc).__name__}: {exc}") from None
 
 
 _RUN_FLAGS_WITH_VALUE = {"--trace", "--pickler"}
@@ -219,18 +181,8 @@ def _split_run(argv: List[str]) -> "tuple[List[str], List[str]]":
     return argv, []
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
-    return value
-
-
 def _report(args: argparse.Namespace) -> int:
-    from ._report import render_text, summarize_file
+    from ._read.report import render_text, summarize_file
 
     data = summarize_file(args.trace, top=args.top, channel=args.channel, pid=args.pid)
     if data["records"] == 0:
@@ -248,8 +200,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from . import _config
-    from ._sink import TraceFile
+    from ._runtime import config as _config
+    from ._runtime.sink import TraceFile
 
     if args.module is None and not args.program:
         raise TracedmpError("nothing to run: give a script (tracedmp run app.py) or a module "
@@ -258,9 +210,9 @@ def _run(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     announce = False
     if args.trace is not None:
-        trace = _config._check_trace(args.trace, "--trace")
+        trace = _config.check_trace(args.trace, "--trace")
     elif _config.ENV_TRACE in env:
-        trace = _config._check_trace(env[_config.ENV_TRACE], _config.ENV_TRACE)
+        trace = _config.check_trace(env[_config.ENV_TRACE], _config.ENV_TRACE)
     else:
         trace, announce = None, True
     if trace is False:

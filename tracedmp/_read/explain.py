@@ -53,7 +53,7 @@ class Node:
 
 def explain(obj: Any, pickler: str = "pickle") -> Node:
     """Pickle ``obj`` as multiprocessing would (or with cloudpickle) and explain the bytes."""
-    from ._pickler import dump_untraced
+    from .._runtime.picklers import dump_untraced
 
     buf = io.BytesIO()
     dump_untraced(obj, buf, pickler)

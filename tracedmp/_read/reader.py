@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Iterator, List, Optional
 
-from ._errors import TraceFileError, TraceFormatError
-from ._tracer import FORMAT_VERSION
+from .._errors import TraceFileError, TraceFormatError
+from .._runtime.tracer import FORMAT_VERSION
 
 from json import loads as _json_loads
 
@@ -144,7 +144,7 @@ def read_trace(path: "str | os.PathLike[str]") -> Trace:
 
 def _flush_if_tracing_to(path: str) -> None:
     # A program reading its own trace sees the records its main process still holds in memory.
-    from . import _tracer
+    from .._runtime import tracer as _tracer
 
     tracer = _tracer.current
     if tracer is not None and isinstance(tracer.config.trace, str) \

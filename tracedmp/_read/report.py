@@ -11,7 +11,7 @@ import math
 from array import array
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
-from ._reader import read_trace
+from .reader import read_trace
 
 __all__ = ["Summary", "summarize", "render_text"]
 

@@ -10,7 +10,7 @@ import json
 import math
 from typing import IO, Any, Dict
 
-from ._reader import read_trace
+from .reader import read_trace
 
 __all__ = ["write_timeline"]
 

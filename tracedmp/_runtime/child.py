@@ -45,7 +45,7 @@ def restore(settings: "Dict[str, Any]") -> "ChildSettings":
     """Runs in the child while it unpickles its process object: start tracing there, at once
     if tracedmp or a pipe or queue module is already in use, else at the first use of one."""
     global _pending
-    if "tracedmp._tracer" in sys.modules or any(m in sys.modules for m in _CARRIERS):
+    if "tracedmp._runtime.tracer" in sys.modules or any(m in sys.modules for m in _CARRIERS):
         _start(settings)
     else:
         if _pending is None:
@@ -67,16 +67,18 @@ def start_pending() -> None:
 
 
 def _start(settings: "Dict[str, Any]") -> None:
-    from . import _config, _tracer
+    # control is the top of _runtime: imported here, when tracing starts, not with this module
+    from . import control, tracer
+    from .config import Config
 
-    config = _config.Config(**settings)
-    current = _tracer.current
+    config = Config(**settings)
+    current = tracer.current
     if current is None or current.config != config:
         # The parent's settings win over what re-importing the main module may have started
         # here (a module-level tracedmp.Queue() would trace to a file of the child's own).
         try:
-            _tracer.deactivate()
-            _tracer.activate(config, main=False)
+            control.deactivate()
+            control.activate(config, main=False)
         except Exception as exc:  # never keep a child from starting
             sys.stderr.write(f"tracedmp: tracing not started in this child: {exc}\n")
 
@@ -93,7 +95,7 @@ def _new_lock() -> None:
 
 
 def _stand_in() -> None:
-    """Start tracing from where _hooks will patch: launch data, process starts, carriers."""
+    """Start tracing from where hooks will patch: launch data, process starts, carriers."""
     global _fork_handler_registered
     if not _fork_handler_registered:
         # A process forked while another thread held the lock would wait on it forever.
@@ -134,13 +136,13 @@ def _places() -> "List[Tuple[Any, str]]":
 
 
 def before_fork() -> None:  # os.register_at_fork handlers
-    tracer = sys.modules.get("tracedmp._tracer")
+    tracer = sys.modules.get("tracedmp._runtime.tracer")
     if tracer is not None:
         tracer.flush_before_fork()
 
 
 def after_fork_in_child() -> None:
-    hooks = sys.modules.get("tracedmp._hooks")
+    hooks = sys.modules.get("tracedmp._runtime.hooks")
     if hooks is not None:
         hooks.after_fork_in_child()
 
@@ -163,7 +165,8 @@ _watched: set = set()  # modules to patch right after their import
 
 
 def patch_when_imported(name: str) -> None:
-    """Have ``tracedmp._hooks`` patch module ``name`` right after it is imported."""
+    """Have ``hooks`` patch module ``name`` (a carrier) right after it is imported, or the
+    integration of library ``name`` installed."""
     _watched.add(name)
     if not any(isinstance(f, _Finder) for f in sys.meta_path):
         sys.meta_path.insert(0, _Finder())
@@ -216,6 +219,16 @@ class _Loader:
         _watched.discard(self._name)
         if not _watched:
             stop_watching()
-        hooks = sys.modules.get("tracedmp._hooks")
-        if hooks is not None:
-            hooks.patch_carrier(module)
+        if self._name in _CARRIERS:
+            hooks = sys.modules.get("tracedmp._runtime.hooks")
+            if hooks is not None:
+                hooks.patch_carrier(module)
+            return
+        integrations = sys.modules.get("tracedmp._integrations")
+        tracer = sys.modules.get("tracedmp._runtime.tracer")
+        current = getattr(tracer, "current", None)
+        if integrations is not None and current is not None:
+            try:
+                integrations.imported(self._name, current)
+            except Exception as exc:  # the program's import must succeed whatever happens here
+                sys.stderr.write(f"tracedmp: {self._name} is not traced: {exc!r}\n")

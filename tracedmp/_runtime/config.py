@@ -1,7 +1,8 @@
-"""One way to configure tracedmp: ``configure()``, readable back with ``get_config()``.
+"""The settings tracing runs with, and where they come from; the bottom of ``_runtime``.
 
-Explicit ``configure()`` arguments win over environment variables; environment variables are read
-when tracing starts (never at import); anything left unset takes its default.
+Explicit ``configure()`` arguments (kept in ``_explicit``; ``control.configure`` checks them with
+the functions here) win over environment variables; environment variables are read when tracing
+starts (never at import); anything left unset takes its default.
 """
 
 from __future__ import annotations
@@ -9,15 +10,15 @@ from __future__ import annotations
 import os
 import time
 
-from ._errors import ConfigError
+from .._errors import ConfigError
 
 TYPE_CHECKING = False  # typing and dataclasses cost milliseconds in every spawned child
 if TYPE_CHECKING:
-    from typing import Any, Callable, Literal, Optional, Sequence, Tuple, Union
+    from typing import Any, Callable, Literal, Tuple, Union
 
     Processor = Callable[[Any, str, dict], Any]
 
-__all__ = ["Config", "configure", "get_config", "reset_config"]
+__all__ = ["Config", "resolve"]
 
 PICKLERS = ("pickle", "cloudpickle")
 ENV_TRACE = "TRACEDMP_TRACE"
@@ -76,63 +77,7 @@ class Config:
         return self.trace is not False
 
 
-_UNSET: Any = object()  # the default of every configure() argument
-_explicit: dict = {}
-
-
-def configure(
-    *,
-    trace: Union[str, "os.PathLike[str]", bool, None] = _UNSET,
-    pickler: str = _UNSET,
-    unpickle: bool = _UNSET,
-    check_spawn: bool = _UNSET,
-    processors: Optional[Sequence[Processor]] = _UNSET,
-) -> None:
-    """Set tracing options; arguments left out keep their current setting.
-
-    - ``trace``: path of the JSON Lines trace file every process appends to; ``False`` turns
-      tracing off (``None`` goes back to the environment variable or the default).
-    - ``pickler``: ``"pickle"`` (the stdlib's, as multiprocessing uses) or ``"cloudpickle"``.
-    - ``unpickle``: also record every unpickling (``event: "unpickle"``).
-    - ``check_spawn``: for processes started with fork, record whether their target and args
-      would pickle, as spawn and forkserver need.
-    - ``processors``: structlog processors run on every record before it is written.
-
-    Giving a path as ``trace`` starts tracing at once; other changes apply to tracing that is
-    already running and are used when it starts.
-    """
-    new = dict(_explicit)
-    if trace is not _UNSET:
-        new["trace"] = _check_trace(trace, "trace")
-    if pickler is not _UNSET:
-        new["pickler"] = _check_pickler(pickler, "pickler")
-    if unpickle is not _UNSET:
-        new["unpickle"] = _check_bool(unpickle, "unpickle")
-    if check_spawn is not _UNSET:
-        new["check_spawn"] = _check_bool(check_spawn, "check_spawn")
-    if processors is not _UNSET:
-        new["processors"] = _check_processors(processors)
-    _explicit.clear()
-    _explicit.update({k: v for k, v in new.items() if v is not None})
-    from . import _tracer
-
-    _tracer.reconfigure(start=isinstance(new.get("trace"), str))
-
-
-def get_config() -> Config:
-    """The settings in force: those of running tracing, else what starting it now would use."""
-    from . import _tracer
-
-    active = _tracer.current
-    return active.config if active is not None else resolve()
-
-
-def reset_config() -> None:
-    """Forget every ``configure()`` setting (environment variables and defaults apply again)."""
-    _explicit.clear()
-    from . import _tracer
-
-    _tracer.reconfigure(start=False)
+_explicit: dict = {}  # what configure() set, checked
 
 
 def resolve() -> Config:
@@ -140,9 +85,9 @@ def resolve() -> Config:
     env = os.environ
     cfg = Config()
     if ENV_TRACE in env:
-        cfg = cfg.replace(trace=_check_trace(env[ENV_TRACE], ENV_TRACE))
+        cfg = cfg.replace(trace=check_trace(env[ENV_TRACE], ENV_TRACE))
     if ENV_PICKLER in env:
-        cfg = cfg.replace(pickler=_check_pickler(env[ENV_PICKLER], ENV_PICKLER))
+        cfg = cfg.replace(pickler=check_pickler(env[ENV_PICKLER], ENV_PICKLER))
     if ENV_UNPICKLE in env:
         cfg = cfg.replace(unpickle=_env_bool(env[ENV_UNPICKLE], ENV_UNPICKLE))
     if ENV_CHECK_SPAWN in env:
@@ -155,7 +100,7 @@ def default_trace_path() -> str:
     return os.path.abspath(f"tracedmp-{stamp}-{os.getpid()}.jsonl")
 
 
-def _check_trace(value: Any, name: str) -> Union[str, Literal[False], None]:
+def check_trace(value: Any, name: str) -> Union[str, Literal[False], None]:
     if value is None or value is False:
         return value
     if value is True:
@@ -173,14 +118,14 @@ def _check_trace(value: Any, name: str) -> Union[str, Literal[False], None]:
     return os.path.abspath(path)
 
 
-def _check_pickler(value: Any, name: str) -> str:
+def check_pickler(value: Any, name: str) -> str:
     if isinstance(value, str) and value.strip().lower() in PICKLERS:
         return value.strip().lower()
     raise ConfigError(
         f"{name}={value!r} is not a pickler tracedmp knows; use 'pickle' or 'cloudpickle'")
 
 
-def _check_bool(value: Any, name: str) -> bool:
+def check_bool(value: Any, name: str) -> bool:
     if isinstance(value, bool):
         return value
     raise ConfigError(f"{name}={value!r} must be True or False")
@@ -195,7 +140,7 @@ def _env_bool(value: str, name: str) -> bool:
     raise ConfigError(f"{name}={value!r} is not a yes/no value; use 1 or 0")
 
 
-def _check_processors(value: Any) -> Tuple[Processor, ...]:
+def check_processors(value: Any) -> Tuple[Processor, ...]:
     if value is None:
         return ()
     procs = tuple(value)

@@ -10,7 +10,10 @@ from __future__ import annotations
 import io
 import time
 import types
-from typing import Any, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
+
+# dump(obj, file, pickler): pickle obj with the named pickler, raise as it would (picklers gives it)
+Dump = Callable[[Any, Any, str], None]
 
 __all__ = ["diagnose", "find_path", "hint_for"]
 
@@ -22,24 +25,22 @@ _SHOWN_SEGMENTS = 24
 _PROCESS_ATTRS = {"_target": "target", "_args": "args", "_kwargs": "kwargs"}
 
 
-def diagnose(obj: Any, exc: BaseException, pickler: str,
-             channel: Optional[str] = None) -> Tuple[Optional[str], str]:
-    path, leaf = find_path(obj, pickler, channel)
+def diagnose(obj: Any, exc: BaseException, pickler: str, channel: Optional[str] = None, *,
+             dump: Dump) -> Tuple[Optional[str], str]:
+    path, leaf = find_path(obj, pickler, channel, dump=dump)
     return path, hint_for(exc, leaf if leaf is not None else obj, pickler)
 
 
-def find_path(obj: Any, pickler: str = "pickle",
-              channel: Optional[str] = None) -> Tuple[Optional[str], Any]:
+def find_path(obj: Any, pickler: str = "pickle", channel: Optional[str] = None, *,
+              dump: Dump) -> Tuple[Optional[str], Any]:
     """``(path, leaf)``: the deepest part of ``obj`` that still fails to pickle on its own."""
-    from ._pickler import dump_untraced
-
     deadline = time.monotonic() + _MAX_SECONDS
     budget = [_MAX_STEPS]
 
     def fails(candidate: Any) -> bool:
         budget[0] -= 1
         try:
-            dump_untraced(candidate, io.BytesIO(), pickler)
+            dump(candidate, io.BytesIO(), pickler)
         except RecursionError:
             return True
         except Exception:

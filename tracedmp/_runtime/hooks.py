@@ -22,13 +22,15 @@ import types
 from multiprocessing import process as _mp_process
 from time import perf_counter_ns, time, time_ns
 
-from . import _child, _tracer
+from . import child as _child
+from . import tracer as _tracer
+from .tracer import internal_error, safely
 
 TYPE_CHECKING = False  # typing costs milliseconds to import, in every spawned child
 if TYPE_CHECKING:
     from typing import Any, Dict, List, Optional, Tuple
 
-__all__ = ["active_pickler", "current_launch", "install_patches", "remove_patches"]
+__all__ = ["active_pickler", "current_launch", "install_patches", "remove_patches", "traced_dump"]
 
 _patches: List[Tuple[Any, str, Any, Any]] = []
 _active_pickler: Optional[type] = None
@@ -57,28 +59,78 @@ def active_pickler() -> type:
     never import the pickling code)."""
     global _active_pickler
     if _active_pickler is None:
-        from . import _pickler
+        from . import picklers
 
         if _config is None:
-            return _pickler.TracingPickler
-        cls = _pickler.pickler_class(_config.pickler)
-        cls.loads = staticmethod(_pickler.traced_loads if _config.unpickle else pickle.loads)  # type: ignore[attr-defined]
+            return picklers.TracingPickler
+        cls = picklers.pickler_class(_config.pickler)
+        cls.loads = staticmethod(picklers.traced_loads if _config.unpickle else pickle.loads)  # type: ignore[attr-defined]
         _active_pickler = cls
     return _active_pickler
 
 
-def _dump(obj: Any, file: Any, protocol: Optional[int] = None) -> None:
-    """Stands in for multiprocessing.reduction.dump (launch data under spawn/forkserver)."""
-    from ._pickler import traced_dump
+def traced_dump(obj: Any, file: Any, protocol: Optional[int] = None) -> None:
+    """Stands in for ``multiprocessing.reduction.dump`` (how spawn/forkserver send launch data)."""
+    from multiprocessing.reduction import ForkingPickler
 
-    traced_dump(obj, file, protocol)
+    from .picklers import record_error
+    from .records import record_pickle
+
+    tracer = _tracer.current
+    if tracer is None:  # tracing stopped while another thread was on its way here
+        ForkingPickler(file, protocol).dump(obj)
+        return
+    cls = active_pickler()
+    launch = current_launch()
+    counter = None
+    try:
+        before = file.tell()
+    except (AttributeError, OSError, ValueError):
+        before = None
+        file = counter = _CountingWriter(file)
+    pickler = cls(file, protocol)
+    refs = pickler._tracedmp_refs = []
+    pickler._tracedmp_by_value = None
+    channel = "process" if launch is not None else "reducer"
+    start = perf_counter_ns()
+    try:
+        pickler.dump(obj)
+    except Exception as exc:
+        safely(record_error, tracer, obj, exc, perf_counter_ns() - start, channel,
+                launch and launch.method, _launch_fields(launch, obj))
+        raise
+    duration = perf_counter_ns() - start
+    size = counter.count if counter is not None else file.tell() - before
+    if launch is not None:
+        launch.size += size
+    safely(record_pickle, tracer, obj, size, duration, refs, pickler._tracedmp_by_value,
+            channel, launch and launch.method, _launch_fields(launch, obj))
+
+
+def _launch_fields(launch: Any, obj: Any) -> Optional[dict]:
+    if launch is None:
+        return None
+    part = "process_object" if isinstance(obj, _mp_process.BaseProcess) else "preparation_data"
+    return {"part": part, "child": launch.child}
+
+
+class _CountingWriter:
+    __slots__ = ("_file", "count")
+
+    def __init__(self, file: Any) -> None:
+        self._file = file
+        self.count = 0
+
+    def write(self, data: Any) -> Any:
+        self.count += memoryview(data).nbytes
+        return self._file.write(data)
 
 
 def patch_carrier(module: Any) -> None:
     # Connection.send, SimpleQueue.put and the Queue feeder carry every message.
-    from . import _channels
+    from . import channels
 
-    _channels.bind(module)
+    channels.bind(module)
     _patch(module, "_ForkingPickler", active_pickler())
 
 
@@ -95,7 +147,7 @@ def install_patches(tracer: Any) -> None:
             patch_carrier(module)
         else:
             _child.patch_when_imported(name)
-    _patch(reduction, "dump", _dump)
+    _patch(reduction, "dump", traced_dump)
     for klass in (context.ForkProcess, context.SpawnProcess, context.ForkServerProcess):
         original = klass.__dict__["_Popen"]
         _patch(klass, "_Popen", staticmethod(_popen_hook(original.__func__, klass._start_method)))
@@ -135,15 +187,13 @@ def _popen_hook(original: Any, method: str) -> Any:
             _child.detach(process_obj)
             return original(process_obj)
         launch = _Launch(method, process_obj.name)
-        from ._pickler import _internal_error, _safely
-
         if pickled:
             _child.attach(process_obj, tracer.config)
             if method == "forkserver":
-                _safely(_preload_in_forkserver)
+                safely(_preload_in_forkserver)
         # The record is made ready before the launch: a parent that has just forked copies
         # every page it writes to (copy-on-write), and a record made then took ~220 us, not 10.
-        record = _safely(_start_record, tracer, process_obj, launch, pickled)
+        record = safely(_start_record, tracer, process_obj, launch, pickled)
         previous = getattr(_local, "launch", None)
         _local.launch = launch
         start = perf_counter_ns()
@@ -163,9 +213,9 @@ def _popen_hook(original: Any, method: str) -> Any:
                         seconds, micros, next(_tracer._seq), child, pid,
                         b"%d" % launch.size if pickled else b"null", duration))
                 except Exception as exc:
-                    _internal_error(exc)
+                    internal_error(exc)
             else:
-                _safely(_write_start, tracer, record, process_obj, popen, launch, duration)
+                safely(_write_start, tracer, record, process_obj, popen, launch, duration)
         return popen
 
     _Popen.__wrapped__ = original  # type: ignore[attr-defined]
@@ -186,7 +236,8 @@ _CACHED_TARGETS = (types.FunctionType, types.BuiltinFunctionType)
 
 # What a child that starts tracing imports.  A forkserver child is forked from the server: with
 # these loaded there, each child no longer imports them (~2.5 ms of CPU a child).
-_TRACING_MODULES = ("tracedmp._hooks", "tracedmp._pickler", "tracedmp._channels")
+_TRACING_MODULES = ("tracedmp._runtime.hooks", "tracedmp._runtime.picklers",
+                    "tracedmp._runtime.channels")
 
 
 def _preload_in_forkserver() -> None:
@@ -214,7 +265,7 @@ def _start_record(tracer: Any, process_obj: Any, launch: _Launch,
         key = (id(who), launch.method)
         hit = _start_templates.get(key)
         if hit is None or hit[0] is not who or hit[1] is not name:
-            from ._pickler import TS_HOLE, template_of
+            from .render import TS_HOLE, template_of
 
             rec = _start_rec(tracer, process_obj, launch, pickled)
             try:
@@ -225,7 +276,7 @@ def _start_record(tracer: Any, process_obj: Any, launch: _Launch,
                 if len(_start_templates) >= 256:
                     _start_templates.clear()
                 _start_templates[key] = hit
-        from ._pickler import json_string
+        from .render import json_string
 
         try:
             return hit[2], json_string(launch.child)
@@ -236,7 +287,7 @@ def _start_record(tracer: Any, process_obj: Any, launch: _Launch,
 
 def _start_rec(tracer: Any, process_obj: Any, launch: _Launch, pickled: bool) -> dict:
     """The process_start record but for what the launch tells."""
-    from ._pickler import qualified_name
+    from .records import qualified_name
 
     rec = _tracer.base_record("process_start", launch.method, numbered=False)
     rec["child"] = launch.child
@@ -246,7 +297,7 @@ def _start_rec(tracer: Any, process_obj: Any, launch: _Launch, pickled: bool) ->
     rec["size"] = None
     rec["duration_ns"] = None
     if not pickled and tracer.config.check_spawn:
-        from ._spawncheck import check_spawn
+        from .spawncheck import check_spawn
 
         rec["spawn_check"] = check_spawn(process_obj, tracer)
     return rec
@@ -285,9 +336,12 @@ def after_fork_in_child() -> None:
     global _local
     _local = threading.local()
     # Only if imported: importing it here would cost every forked child ~0.2 ms.
-    pickler = sys.modules.get("tracedmp._pickler")
-    if pickler is not None:
-        pickler.forget_templates()
+    records = sys.modules.get("tracedmp._runtime.records")
+    if records is not None:
+        records.forget_templates()
+    channels = sys.modules.get("tracedmp._runtime.channels")
+    if channels is not None:
+        channels.forget_call_sites()
     _start_templates.clear()
     if _tracer.current is not None:
         _tracer.after_fork_in_child()

@@ -19,7 +19,7 @@ import sys
 import threading
 from time import monotonic
 
-from ._errors import TraceFileError
+from .._errors import TraceFileError
 
 __all__ = ["TraceFile"]
 

@@ -26,18 +26,15 @@ class _WouldBePopen:
         return _DupFd(fd)
 
 
-def _checking_pickler() -> type:
+def _checking_pickler(base: type) -> type:
     """The tracing pickler, but a lock or queue made for fork pickles as spawn's would.
 
     Under spawn the program (or the Pool) would make them from the spawn context: refusing
     the fork-made ones ("A SemLock created in a fork context...") would flag every fork Pool."""
     from multiprocessing.synchronize import SemLock
 
-    from ._hooks import active_pickler
 
-    base = active_pickler()
-
-    class CheckingPickler(base):  # type: ignore[misc, valid-type]
+    class CheckingPickler(base):  # type: ignore[misc]
         __slots__ = ()
 
         def reducer_override(self, obj: Any) -> Any:
@@ -56,9 +53,10 @@ def _semlock_stand_in(state: Any) -> None:  # never called: the check only measu
 def check_spawn(process_obj: Any, tracer: Any) -> Dict[str, Any]:
     from multiprocessing import context, spawn
 
-    from ._diagnose import diagnose
+    from .diagnose import diagnose
+    from .picklers import dump_untraced, pickler_class
 
-    checking = _checking_pickler()
+    checking = _checking_pickler(pickler_class(tracer.pickler))
     previous = context.get_spawning_popen()
     context.set_spawning_popen(_WouldBePopen())  # type: ignore[arg-type, unused-ignore]  # duck-typed (typed in newer stubs)
     try:
@@ -70,7 +68,7 @@ def check_spawn(process_obj: Any, tracer: Any) -> Dict[str, Any]:
                 pickler._tracedmp_refs, pickler._tracedmp_by_value = [], None
                 pickler.dump(part)
             except Exception as exc:
-                path, hint = diagnose(part, exc, tracer.pickler)
+                path, hint = diagnose(part, exc, tracer.pickler, dump=dump_untraced)
                 message = str(exc)[:500]
                 return {
                     "would_pickle": False,

@@ -1,0 +1,196 @@
+"""Starting and stopping tracing, and the public ways to do it; the top of ``_runtime``.
+
+``activate`` puts a ``Tracer`` in ``tracer.current`` and the hooks in multiprocessing;
+``deactivate`` takes both out again.  ``configure``/``install``/``uninstall`` are the public
+faces, and the first use of tracedmp's multiprocessing API calls ``activate_implicitly``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from .. import _errors, _integrations
+from . import channels as _channels
+from . import child as _child
+from . import config as _config
+from . import hooks as _hooks
+from . import tracer as _tracer
+
+TYPE_CHECKING = False  # typing costs milliseconds to import, in every spawned child
+if TYPE_CHECKING:
+    from typing import Any, Optional, Sequence, Union
+
+    from .config import Processor
+
+__all__ = ["activate", "activate_implicitly", "configure", "deactivate", "get_config",
+           "install", "is_tracing", "reconfigure", "reset_config", "uninstall"]
+
+# Implicit activation (first use of tracedmp's multiprocessing API) happens once per process;
+# after an explicit uninstall() only an explicit install() starts tracing again.
+_implicit_allowed = True
+_UNSET: Any = object()  # the default of every configure() argument
+
+
+def activate(config: Optional[_config.Config] = None, *,
+             main: Optional[bool] = None) -> _tracer.Tracer:
+    """Start tracing with ``config`` (default: the resolved settings); idempotent.
+
+    ``main``: whether this is the program's main process (it announces a default trace file,
+    writes ``trace_start`` and batches its writes); worked out when not given."""
+    if _tracer.current is not None:
+        return _tracer.current
+    _tracer.forked_since_start()
+    if main is None:
+        main = _tracer.is_main_process()
+    cfg = config if config is not None else _config.resolve()
+    if not cfg.enabled:
+        raise ValueError("tracing is off")
+    announce = False
+    if cfg.trace is None:
+        cfg = cfg.replace(trace=_config.default_trace_path())
+        announce = main
+    tracer = _tracer.Tracer(cfg, main=main)
+    if main:
+        tracer.sink.open()  # a bad path is an error now, naming the path, not a lost trace
+        _tracer.flush_at_exit()
+    _hooks.install_patches(tracer)
+    _integrations.install_all(tracer, _child.patch_when_imported)
+    _channels.forget_call_sites()  # call sites remember templates made with earlier settings
+    records = sys.modules.get("tracedmp._runtime.records")  # only if imported: see hooks
+    if records is not None:
+        records.forget_templates()
+    _tracer.current = tracer
+    if main:
+        from .._version import __version__  # only the main process writes trace_start
+
+        rec = _tracer.base_record("trace_start", None)
+        rec.update(
+            tracedmp=__version__,
+            python=sys.version.split()[0],
+            platform=sys.platform,
+            program=os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else None,
+            pickler=cfg.pickler,
+        )
+        tracer.emit(rec)
+        tracer.sink.flush()  # first in the file, before any child can write
+    if announce:
+        sys.stderr.write(
+            f"tracedmp: tracing to {cfg.trace} "
+            "(set TRACEDMP_TRACE to choose the file, TRACEDMP_TRACE=off to turn tracing off)\n"
+        )
+    return tracer
+
+
+def deactivate() -> None:
+    tracer, _tracer.current = _tracer.current, None
+    if tracer is not None:
+        _integrations.uninstall_all()
+        _hooks.remove_patches()
+        tracer.sink.close()
+
+
+def activate_implicitly() -> None:
+    """First use of tracedmp's multiprocessing API: start tracing unless it is off.
+
+    Unlike an explicit ``install()``, a trace file that cannot be written is a warning here:
+    the program asked for multiprocessing, not for a trace."""
+    if _tracer.current is None and _implicit_allowed:
+        child = sys.modules.get("tracedmp._runtime.child")
+        if child is not None:  # a spawned child waiting to trace with its parent's settings
+            child.start_pending()
+            if _tracer.current is not None:
+                return
+        try:
+            install()
+        except _errors.TraceFileError as exc:
+            sys.stderr.write(f"tracedmp: {exc}; running untraced\n")
+
+
+def install() -> None:
+    """Start tracing now with the configured settings (explicit counterpart of first use)."""
+    global _implicit_allowed
+    _implicit_allowed = False
+    if _tracer.current is None:
+        cfg = _config.resolve()
+        if cfg.enabled:
+            activate(cfg)
+
+
+def uninstall() -> None:
+    """Stop tracing and remove every hook from multiprocessing; first use will not restart it."""
+    global _implicit_allowed
+    _implicit_allowed = False
+    deactivate()
+
+
+def reconfigure(*, start: bool) -> None:
+    """Apply changed settings: restart running tracing with them, or start it if asked."""
+    global _implicit_allowed
+    current = _tracer.current
+    if not (current is not None or start):
+        return
+    cfg = _config.resolve()
+    main = current.main if current is not None else None
+    if current is not None and cfg.trace is None:
+        cfg = cfg.replace(trace=current.config.trace)  # keep the file already announced
+    if current is not None and cfg == current.config:
+        return
+    deactivate()
+    _implicit_allowed = False
+    if cfg.enabled:
+        activate(cfg, main=main)
+
+
+def is_tracing() -> bool:
+    """Whether this process is tracing now."""
+    return _tracer.current is not None
+
+
+def configure(
+    *,
+    trace: Union[str, "os.PathLike[str]", bool, None] = _UNSET,
+    pickler: str = _UNSET,
+    unpickle: bool = _UNSET,
+    check_spawn: bool = _UNSET,
+    processors: Optional[Sequence[Processor]] = _UNSET,
+) -> None:
+    """Set tracing options; arguments left out keep their current setting.
+
+    - ``trace``: path of the JSON Lines trace file every process appends to; ``False`` turns
+      tracing off (``None`` goes back to the environment variable or the default).
+    - ``pickler``: ``"pickle"`` (the stdlib's, as multiprocessing uses) or ``"cloudpickle"``.
+    - ``unpickle``: also record every unpickling (``event: "unpickle"``).
+    - ``check_spawn``: for processes started with fork, record whether their target and args
+      would pickle, as spawn and forkserver need.
+    - ``processors``: structlog processors run on every record before it is written.
+
+    Giving a path as ``trace`` starts tracing at once; other changes apply to tracing that is
+    already running and are used when it starts.
+    """
+    new = dict(_config._explicit)
+    if trace is not _UNSET:
+        new["trace"] = _config.check_trace(trace, "trace")
+    if pickler is not _UNSET:
+        new["pickler"] = _config.check_pickler(pickler, "pickler")
+    if unpickle is not _UNSET:
+        new["unpickle"] = _config.check_bool(unpickle, "unpickle")
+    if check_spawn is not _UNSET:
+        new["check_spawn"] = _config.check_bool(check_spawn, "check_spawn")
+    if processors is not _UNSET:
+        new["processors"] = _config.check_processors(processors)
+    _config._explicit.clear()
+    _config._explicit.update({k: v for k, v in new.items() if v is not None})
+    reconfigure(start=isinstance(new.get("trace"), str))
+
+
+def get_config() -> _config.Config:
+    """The settings in force: those of running tracing, else what starting it now would use."""
+    active = _tracer.current
+    return active.config if active is not None else _config.resolve()
+
+
+def reset_config() -> None:
+    """Forget every ``configure()`` setting (environment variables and defaults apply again)."""
+    _config._explicit.clear()
+    reconfigure(start=False)

@@ -1,0 +1,238 @@
+"""Pickle records: what one pickle's record says, and the templates that make it cheap.
+
+``picklers`` hands over what a pickle named (``refs``: the functions and classes it saved, and
+which went by value); this module turns that into the record's ``callables``, ``kind`` and
+``type``, and renders it, through a cached template when the same kind of message comes again.
+"""
+
+from __future__ import annotations
+
+import types
+from multiprocessing import process as _mp_process
+from multiprocessing.context import _default_context
+from time import time
+
+from . import tracer as _tracer
+from .render import TS_HOLE, template_of, ts_parts
+from .tracer import FORMAT_VERSION
+
+TYPE_CHECKING = False  # typing costs milliseconds to import, in every spawned child
+if TYPE_CHECKING:
+    from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+__all__ = ["forget_templates", "qualified_name", "record_pickle", "type_name"]
+
+_MAX_CALLABLES = 64
+
+
+def record_pickle(tracer: Any, obj: Any, size: int, duration: int, refs: Sequence[Any],
+                  by_value: Optional[set], channel: str, start_method: Optional[str],
+                  extra: Optional[dict], site: Optional[list] = None) -> None:
+    if extra is None and by_value is None and len(refs) <= 2 and not tracer._processors:
+        n = len(refs)
+        first = refs[0] if n else None
+        second = refs[1] if n == 2 else None
+        t = type(obj)
+        name = _mp_process._current_process._name  # type: ignore[attr-defined]
+        # (dumps() has already tried the call site's last template)
+        key = (channel, t, id(first), id(second), first is obj,
+               start_method or _tracer.start_method_here())
+        hit = _templates.get(key)
+        if hit is None or hit[0] is not t or hit[1] is not first or hit[2] is not second \
+                or hit[4] is not name or hit[6] is not _default_context._actual_context:  # type: ignore[attr-defined]
+            hit = _add_template(key, tracer, obj, refs, t, first, second, name)
+        if site is not None:
+            site[4] = hit  # a site sends the same kind of message again
+        if hit is not None:
+            tracer.sink.write(hit[3] % (*ts_parts(), next(_tracer._seq), size, duration))
+            return
+    rec = _pickle_record(tracer, obj, channel, start_method, *_describe(obj, refs, by_value))
+    rec["ts"] = time()
+    rec["seq"] = next(_tracer._seq)
+    rec["size"] = size
+    rec["duration_ns"] = duration
+    if extra:
+        rec.update(extra)
+    tracer.emit(rec)
+
+
+def _pickle_record(tracer: Any, obj: Any, channel: str, start_method: Optional[str],
+                   callables: list, kind: str) -> dict:
+    """A pickle record with ts, seq, size and duration_ns left to fill in (None)."""
+    return {
+        "v": FORMAT_VERSION,
+        "event": "pickle",
+        "ts": None,
+        "pid": _tracer._pid,
+        "process": _mp_process._current_process._name,  # type: ignore[attr-defined]
+        "start_method": start_method or _tracer.start_method_here(),
+        "seq": None,
+        "channel": channel,
+        "size": None,
+        "kind": kind,
+        "type": type_name(obj),
+        "pickler": tracer.pickler,
+        "duration_ns": None,
+        "callables": callables,
+    }
+
+
+_NO_CALLABLES: list = []
+
+
+def _describe(obj: Any, refs: Sequence[Any], by_value: Optional[set]) -> Tuple[list, str]:
+    """The ``callables`` and the top-level ``kind`` of a pickle that named ``refs``."""
+    if not refs:
+        return _NO_CALLABLES, "value"
+    callables = _callables(refs, by_value)
+    kind = "reference" if refs[0] is obj and callables[0]["kind"] == "reference" else "value"
+    return callables, kind
+
+
+# Pickle records rendered but for ts, seq, size and duration_ns, by everything else in them:
+# a program sends the same few kinds of message over and over, and formatting four numbers into
+# a template costs a fraction of building a dict and rendering it.  Only for records with no
+# structlog processors to run and callables that travel by reference.  Bounded.
+# The pid is baked into the templates: a forked child starts with none (forget_templates).
+# So is the start method: a template also holds the default context it was made under, and a
+# main process that changes its start method (set_start_method(force=True)) makes new ones.
+if TYPE_CHECKING:
+    _Template = Tuple[Any, Any, Any, bytes, str, bool, Any]
+
+
+_templates: Dict[tuple, _Template] = {}
+_PICKLE_HOLES = {"ts": TS_HOLE, "seq": b"%d", "size": b"%d", "duration_ns": b"%d"}
+
+
+def forget_templates() -> None:
+    """After a fork (the pid is in them) and when tracing restarts (settings may differ)."""
+    _templates.clear()
+
+
+def _add_template(key: tuple, tracer: Any, obj: Any, refs: Sequence[Any], t: type, first: Any,
+                  second: Any, process: str) -> Optional[_Template]:
+    channel, _, _, _, _, start_method = key
+    callables, kind = _describe(obj, refs, None)
+    if refs:
+        cached = _lists.get((id(first), id(second)))
+        if cached is None or cached[2] is not callables:
+            return None  # not all by reference: the dict path works the names out each time
+    rec = _pickle_record(tracer, obj, channel, start_method, callables, kind)
+    try:
+        template = template_of(rec, _PICKLE_HOLES)
+    except (TypeError, ValueError):  # lone surrogates in a name: the dict path escapes them
+        return None
+    if len(_templates) >= _ENTRIES_LIMIT:
+        _templates.clear()
+    hit = _templates[key] = (t, first, second, template, process, first is obj,
+                             _default_context._actual_context)  # type: ignore[attr-defined]
+    return hit
+
+
+# Names of the types pickled, by type; bounded (dynamically created types come and go).
+_type_names: Dict[type, str] = {}
+
+
+def type_name(obj: Any) -> str:
+    t = type(obj)
+    name = _type_names.get(t)
+    if name is None:
+        name = f"{t.__module__}.{t.__qualname__}"
+        if len(_type_names) >= _ENTRIES_LIMIT:
+            _type_names.clear()
+        _type_names[t] = name
+    return name
+
+
+# Entries for functions and classes that travel by reference.  Such objects are importable by
+# name, so their module keeps them alive anyway: holding them here costs no memory.  Bounded.
+_entries: Dict[int, Tuple[Any, Dict[str, str]]] = {}
+
+
+_ENTRIES_LIMIT = 4096
+
+
+_CACHEABLE = (types.FunctionType, types.BuiltinFunctionType, type)
+
+
+def _entry(obj: Any, by_value: Optional[set]) -> Dict[str, str]:
+    cached = _entries.get(id(obj))
+    if cached is not None and cached[0] is obj:
+        return cached[1]
+    kind = _kind(obj, by_value)
+    entry = {"name": qualified_name(obj), "kind": kind}
+    if kind == "reference" and isinstance(obj, _CACHEABLE):
+        if len(_entries) >= _ENTRIES_LIMIT:
+            _entries.clear()
+        _entries[id(obj)] = (obj, entry)
+    return entry
+
+
+# Whole callables lists for the usual one or two by-reference objects (a Pool task names
+# mapstar and the user's function), checked by identity.
+_lists: Dict[Tuple[int, ...], Tuple[Any, Any, list]] = {}
+
+
+def _callables(refs: Sequence[Any], by_value: Optional[set]) -> list:
+    n = len(refs)
+    if by_value is None and n <= 2:
+        first = refs[0]
+        second = refs[1] if n == 2 else None
+        key = (id(first), id(second))
+        hit = _lists.get(key)
+        if hit is not None and hit[0] is first and hit[1] is second:
+            return hit[2]
+        entries = _dedupe(refs, None)
+        if all(isinstance(o, _CACHEABLE) and e["kind"] == "reference"
+               for o, e in zip(refs, entries)) and len(entries) == n:
+            if len(_lists) >= _ENTRIES_LIMIT:
+                _lists.clear()
+            _lists[key] = (first, second, entries)
+        return entries
+    return _dedupe(refs, by_value)
+
+
+def _dedupe(refs: Sequence[Any], by_value: Optional[set]) -> list:
+    out: List[Dict[str, str]] = []
+    seen = set()
+    for obj in refs:
+        entry = _entry(obj, by_value)
+        key = (entry["name"], entry["kind"])
+        if key in seen:
+            continue
+        seen.add(key)
+        if len(out) == _MAX_CALLABLES:
+            out.append({"name": "...", "kind": "truncated"})
+            break
+        out.append(entry)
+    return out
+
+
+def _kind(obj: Any, by_value: Optional[set]) -> str:
+    if by_value is not None and id(obj) in by_value:
+        return "value"
+    # A method bound to an instance travels as getattr(instance, name): the instance goes by
+    # value.  Bound to a module or a class, it is a name like any function.
+    owner = getattr(obj, "__self__", None)
+    if owner is None or isinstance(owner, (type, types.ModuleType)) or isinstance(obj, type):
+        return "reference"
+    return "value"
+
+
+def qualified_name(obj: Any) -> str:
+    """``module.qualname`` of a function, method or class, as pickle would look it up."""
+    if isinstance(obj, types.MethodType):
+        obj = obj.__func__
+    qual = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None) or "?"
+    module = getattr(obj, "__module__", None)
+    if not isinstance(module, str):
+        owner = getattr(obj, "__self__", None) or getattr(obj, "__objclass__", None)
+        if isinstance(owner, types.ModuleType):
+            module = owner.__name__
+        elif isinstance(owner, type):
+            module = owner.__module__
+        elif owner is not None:
+            module = type(owner).__module__
+        else:
+            module = "?"
+    return f"{module}.{qual}"
