@@ -11,7 +11,8 @@ Modules, bottom first; each imports only those before it (a test pins this)::
     diagnose    after a failure: the path to the bad object and a hint
     picklers    the tracing picklers (stdlib and cloudpickle): time, size, record
     spawncheck  --check-spawn: would a fork-started child also start under spawn?
-    child       a spawned child's start, and the import watcher (imports nothing of ours)
+    child       a spawned child's start, and the import watcher (imports nothing of ours but,
+                inside the function that starts tracing, control: its one way up)
     hooks       the patches in multiprocessing, and how they come out again
     control     activate / deactivate, configure, install, uninstall
 

@@ -14,10 +14,10 @@ import threading
 TYPE_CHECKING = False  # typing costs milliseconds to import, in every spawned child
 if TYPE_CHECKING:
     from types import CodeType
-    from typing import Any, Dict, List, Tuple
+    from typing import Any, Dict, Tuple
 
-__all__ = ["attribute", "bind", "carrier_channel", "pool_start_method", "receiver_channel",
-           "forget_call_sites"]
+__all__ = ["CallSite", "attribute", "bind", "carrier_channel", "forget_call_sites",
+           "pool_start_method", "receiver_channel"]
 
 _send: Tuple[Any, Any] = (None, None)  # Connection.send, SimpleQueue.put
 _recv: Tuple[Any, Any, Any] = (None, None, None)  # Connection.recv, SimpleQueue.get, Queue.get
@@ -115,22 +115,36 @@ def _feeder_channel(frame: Any) -> str:
     return channel
 
 
-def attribute(frame: Any) -> List[Any]:
-    """The call site of a pickle made by the function in ``frame``:
-    ``[code, caller's code, channel, start method or None, slot for the record's template]``."""
+class CallSite:
+    """Where a pickle was made: the pickling function's code and its caller's, the channel that
+    tells, the start method when the site knows it, and the template of the record it made last
+    (``records`` fills it in: a site sends the same kind of message again)."""
+
+    __slots__ = ("code", "caller", "channel", "start_method", "template")
+
+    def __init__(self, code: Any, caller: Any, channel: str, start_method: Any) -> None:
+        self.code = code
+        self.caller = caller
+        self.channel = channel
+        self.start_method = start_method
+        self.template: Any = None
+
+
+def attribute(frame: Any) -> CallSite:
+    """The call site of a pickle made by the function in ``frame``."""
     # Most threads keep pickling from the same call site (a Pool's task handler, a feeder
     # thread, a worker's result put): remember the last one per thread.
     code = frame.f_code
     caller = frame.f_back
     caller_code = caller.f_code if caller is not None else None
     site = getattr(_local, "last", None)
-    if site is not None and site[0] is code and site[1] is caller_code:
+    if site is not None and site.code is code and site.caller is caller_code:
         return site
     channel = carrier_channel(frame)
     if channel == "pool.control":  # rare, and the main thread may serve several Pools
-        return [code, caller_code, channel, pool_start_method(frame, channel), None]
+        return CallSite(code, caller_code, channel, pool_start_method(frame, channel))
     method = pool_start_method(frame, channel) if channel == "pool.task" else None
-    site = _local.last = [code, caller_code, channel, method, None]
+    site = _local.last = CallSite(code, caller_code, channel, method)
     return site
 
 

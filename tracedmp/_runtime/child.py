@@ -67,7 +67,9 @@ def start_pending() -> None:
 
 
 def _start(settings: "Dict[str, Any]") -> None:
-    # control is the top of _runtime: imported here, when tracing starts, not with this module
+    # The one import up the line in _runtime: unpickling its launch data is how a spawned child
+    # starts tracing, so this bootstrap must reach the top (control); imported only now, when
+    # tracing starts, so that a child that uses nothing traced never loads the rest.
     from . import control, tracer
     from .config import Config
 

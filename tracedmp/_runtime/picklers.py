@@ -87,22 +87,23 @@ class _Traced:
         # again, so the site's template takes the four numbers that change.
         try:
             site = attribute(sys._getframe(1))
-            hit = site[4]
+            hit = site.template
             refs = pickler._tracedmp_refs
             if hit is not None and pickler._tracedmp_by_value is None \
                     and (refs is None or len(refs) <= 2):
                 first = refs[0] if refs else None
                 second = refs[1] if refs and len(refs) == 2 else None
-                if (hit[0] is type(obj) and hit[1] is first and hit[2] is second
-                        and hit[4] is _mp_process._current_process._name  # type: ignore[attr-defined]
-                        and hit[5] is (first is obj)
-                        and hit[6] is _default_context._actual_context):  # type: ignore[attr-defined]
+                if (hit.type is type(obj) and hit.first is first and hit.second is second
+                        and hit.process is _mp_process._current_process._name  # type: ignore[attr-defined]
+                        and hit.first_is_obj is (first is obj)
+                        and hit.context is _default_context._actual_context):  # type: ignore[attr-defined]
                     seconds, micros = divmod(time_ns() // 1000, 1_000_000)  # ts_parts(), inline
-                    tracer.sink.write(hit[3] % (seconds, micros, next(_tracer._seq), len(view),
+                    tracer.sink.write(hit.line % (seconds, micros, next(_tracer._seq), len(view),
                                                 duration))
                     return view
             record_pickle(tracer, obj, len(view), duration, refs or _NO_REFS,
-                          pickler._tracedmp_by_value, site[2], site[3], None, site)
+                          pickler._tracedmp_by_value, site.channel, site.start_method, None,
+                          site)
         except Exception as exc:
             internal_error(exc)
         return view

@@ -20,6 +20,8 @@ TYPE_CHECKING = False  # typing costs milliseconds to import, in every spawned c
 if TYPE_CHECKING:
     from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+    from .channels import CallSite
+
 __all__ = ["forget_templates", "qualified_name", "record_pickle", "type_name"]
 
 _MAX_CALLABLES = 64
@@ -27,7 +29,7 @@ _MAX_CALLABLES = 64
 
 def record_pickle(tracer: Any, obj: Any, size: int, duration: int, refs: Sequence[Any],
                   by_value: Optional[set], channel: str, start_method: Optional[str],
-                  extra: Optional[dict], site: Optional[list] = None) -> None:
+                  extra: Optional[dict], site: Optional[CallSite] = None) -> None:
     if extra is None and by_value is None and len(refs) <= 2 and not tracer._processors:
         n = len(refs)
         first = refs[0] if n else None
@@ -38,13 +40,14 @@ def record_pickle(tracer: Any, obj: Any, size: int, duration: int, refs: Sequenc
         key = (channel, t, id(first), id(second), first is obj,
                start_method or _tracer.start_method_here())
         hit = _templates.get(key)
-        if hit is None or hit[0] is not t or hit[1] is not first or hit[2] is not second \
-                or hit[4] is not name or hit[6] is not _default_context._actual_context:  # type: ignore[attr-defined]
+        if hit is None or hit.type is not t or hit.first is not first or hit.second is not second \
+                or hit.process is not name \
+                or hit.context is not _default_context._actual_context:  # type: ignore[attr-defined]
             hit = _add_template(key, tracer, obj, refs, t, first, second, name)
         if site is not None:
-            site[4] = hit  # a site sends the same kind of message again
+            site.template = hit  # a site sends the same kind of message again
         if hit is not None:
-            tracer.sink.write(hit[3] % (*ts_parts(), next(_tracer._seq), size, duration))
+            tracer.sink.write(hit.line % (*ts_parts(), next(_tracer._seq), size, duration))
             return
     rec = _pickle_record(tracer, obj, channel, start_method, *_describe(obj, refs, by_value))
     rec["ts"] = time()
@@ -96,11 +99,26 @@ def _describe(obj: Any, refs: Sequence[Any], by_value: Optional[set]) -> Tuple[l
 # The pid is baked into the templates: a forked child starts with none (forget_templates).
 # So is the start method: a template also holds the default context it was made under, and a
 # main process that changes its start method (set_start_method(force=True)) makes new ones.
-if TYPE_CHECKING:
-    _Template = Tuple[Any, Any, Any, bytes, str, bool, Any]
+class Template:
+    """A pickle record rendered but for ts, seq, size and duration_ns (``line``, %-format
+    holes), and what it was made for, checked by identity before it is used again: the pickled
+    object's type, the first two functions or classes it named, the process's name, whether the
+    object itself was the first, and the default context the start method was read under."""
+
+    __slots__ = ("type", "first", "second", "line", "process", "first_is_obj", "context")
+
+    def __init__(self, type: type, first: Any, second: Any, line: bytes, process: str,
+                 first_is_obj: bool, context: Any) -> None:
+        self.type = type
+        self.first = first
+        self.second = second
+        self.line = line
+        self.process = process
+        self.first_is_obj = first_is_obj
+        self.context = context
 
 
-_templates: Dict[tuple, _Template] = {}
+_templates: Dict[tuple, Template] = {}
 _PICKLE_HOLES = {"ts": TS_HOLE, "seq": b"%d", "size": b"%d", "duration_ns": b"%d"}
 
 
@@ -110,7 +128,7 @@ def forget_templates() -> None:
 
 
 def _add_template(key: tuple, tracer: Any, obj: Any, refs: Sequence[Any], t: type, first: Any,
-                  second: Any, process: str) -> Optional[_Template]:
+                  second: Any, process: str) -> Optional[Template]:
     channel, _, _, _, _, start_method = key
     callables, kind = _describe(obj, refs, None)
     if refs:
@@ -124,8 +142,8 @@ def _add_template(key: tuple, tracer: Any, obj: Any, refs: Sequence[Any], t: typ
         return None
     if len(_templates) >= _ENTRIES_LIMIT:
         _templates.clear()
-    hit = _templates[key] = (t, first, second, template, process, first is obj,
-                             _default_context._actual_context)  # type: ignore[attr-defined]
+    hit = _templates[key] = Template(t, first, second, template, process, first is obj,
+                                     _default_context._actual_context)  # type: ignore[attr-defined]
     return hit
 
 
