@@ -390,7 +390,7 @@ if __name__ == "__main__":
     p.join()
 """, method, str(configured))
     assert run.returncode == 0, run.stderr
-    records = [json.loads(line) for line in configured.read_text().splitlines()]
+    records = [json.loads(line) for line in configured.read_text().splitlines() if line.strip()]
     starts = {r["child"]: r for r in records if r["event"] == "process_start"}
     assert starts["grandchild"]["pid"] == starts["child"]["child_pid"]
     assert not run.records  # nothing went to the environment's file

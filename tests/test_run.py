@@ -56,7 +56,7 @@ def test_run_module_with_dash_m(run_program, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.splitlines()[-1])["result"] == [0, 1, 4, 9]
     with open(trace) as f:
-        records = [json.loads(x) for x in f]
+        records = [json.loads(x) for x in f if x.strip()]
     # run as a script, the module is __main__ in the parent: that is the name pickle writes
     assert any({"name": "__main__.square", "kind": "reference"} in r.get("callables", [])
                for r in records)

@@ -137,13 +137,7 @@ def _places() -> "List[Tuple[Any, str]]":
         context.ForkProcess, context.SpawnProcess, context.ForkServerProcess)]
 
 
-def before_fork() -> None:  # os.register_at_fork handlers
-    tracer = sys.modules.get("tracedmp._runtime.tracer")
-    if tracer is not None:
-        tracer.flush_before_fork()
-
-
-def after_fork_in_child() -> None:
+def after_fork_in_child() -> None:  # the os.register_at_fork handler
     hooks = sys.modules.get("tracedmp._runtime.hooks")
     if hooks is not None:
         hooks.after_fork_in_child()

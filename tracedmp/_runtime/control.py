@@ -37,7 +37,7 @@ def activate(config: Optional[_config.Config] = None, *,
     """Start tracing with ``config`` (default: the resolved settings); idempotent.
 
     ``main``: whether this is the program's main process (it announces a default trace file,
-    writes ``trace_start`` and batches its writes); worked out when not given."""
+    writes ``trace_start`` and maps reserved space for its records); worked out when not given."""
     if _tracer.current is not None:
         return _tracer.current
     _tracer.forked_since_start()
@@ -53,7 +53,6 @@ def activate(config: Optional[_config.Config] = None, *,
     tracer = _tracer.Tracer(cfg, main=main)
     if main:
         tracer.sink.open()  # a bad path is an error now, naming the path, not a lost trace
-        _tracer.flush_at_exit()
     _hooks.install_patches(tracer)
     _integrations.install_all(tracer, _child.patch_when_imported)
     _channels.forget_call_sites()  # call sites remember templates made with earlier settings
@@ -73,7 +72,6 @@ def activate(config: Optional[_config.Config] = None, *,
             pickler=cfg.pickler,
         )
         tracer.emit(rec)
-        tracer.sink.flush()  # first in the file, before any child can write
     if announce:
         sys.stderr.write(
             f"tracedmp: tracing to {cfg.trace} "

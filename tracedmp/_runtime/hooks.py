@@ -152,9 +152,9 @@ def install_patches(tracer: Any) -> None:
         original = klass.__dict__["_Popen"]
         _patch(klass, "_Popen", staticmethod(_popen_hook(original.__func__, klass._start_method)))
     if not _fork_hook_registered:
-        os.register_at_fork(  # cannot be unregistered: the handlers check whether tracing runs
-            before=_child.before_fork, after_in_child=_child.after_fork_in_child
-        )
+        # Cannot be unregistered: the handler checks whether tracing runs.  (No handler before
+        # the fork: the main process's records are in the file already.)
+        os.register_at_fork(after_in_child=_child.after_fork_in_child)
         _fork_hook_registered = True
 
 

@@ -1,29 +1,52 @@
 """Append whole JSON lines to one trace file, from any number of processes at once.
 
-Each ``os.write`` goes to a descriptor opened with ``O_APPEND``: the kernel puts every write at
-the end of the file as one unit, so lines from concurrent processes never interleave.
+Children write each record with one ``os.write`` to a descriptor opened with ``O_APPEND``: the
+kernel puts every write at the end of the file as one unit, so lines from concurrent processes
+never interleave, and a record is in the file the moment it is made (a Pool terminates its
+workers with SIGTERM).
 
-Children write each record as it is made: a Pool terminates its workers with SIGTERM, and a
-record must not die with them.  The main process, which nothing in multiprocessing kills, keeps
-up to 64 KiB of records (or until a record comes 50 ms after the first waiting; there is no
-timer thread) and writes them in one go (appends from many processes to one
-file contend for its inode lock: batching halves the cost of tracing a Pool's tasks).  It writes
-them out before every fork, when tracing stops, and at exit after multiprocessing's own exit
-handlers, then writes through.
+The main process, which makes most of a Pool's records, reserves space at the end of the file
+(one ``os.write`` of spaces ending in a newline, 4 KiB and doubling to 64 KiB) and copies its
+records into that space through a shared memory mapping of the file: no system call per record,
+and the pages belong to the kernel's page cache, which writes them to the file even if the
+process is killed the next instant (SIGTERM, SIGKILL, a crash).  What a region does not use stays
+spaces before a newline: JSON allows whitespace around a value, and readers skip blank lines.
+
+The descriptors sit at a high number (``F_DUPFD_CLOEXEC``) where a program's own ``open`` or
+``Pipe`` does not land: a program that closes descriptors it did not open (daemons,
+``os.closerange``) gets EBADF on our next write, and the file is reopened by path, never a
+descriptor of the program's written to.  No lock here is ever waited on: a write that finds
+another under way (another thread's, or the one a signal handler interrupted) appends on its own.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import sys
 import threading
-from time import monotonic
 
 from .._errors import TraceFileError
 
+TYPE_CHECKING = False  # typing costs milliseconds to import, in every spawned child
+if TYPE_CHECKING:
+    from mmap import mmap
+    from typing import List, Optional, Tuple
+
 __all__ = ["TraceFile"]
 
-_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+# O_NOFOLLOW: a symbolic link planted at the trace path is refused, not followed.  O_NONBLOCK: a
+# FIFO must not block the program before it starts (it is refused once open, as is any file that
+# is not a regular one).
+_FLAGS = (os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+          | getattr(os, "O_NONBLOCK", 0))
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISDIR, "a directory"))
+# Descriptors are moved at or above this number (lowered to fit a smaller RLIMIT_NOFILE): open()
+# hands out the lowest free number, so a program reaches it only with ~1,000 descriptors open.
+_HIGH_FD = 1000
 
 
 class TraceFile:
@@ -32,90 +55,117 @@ class TraceFile:
     The descriptor is opened on first use in each process that did not inherit it (exec'd
     children reopen by path; forked children share the parent's).  A write that fails stops
     tracing in that process with one warning: the traced program never sees the error.
+    ``mapped`` (the main process): records go through a shared mapping of reserved space.
     """
 
-    __slots__ = ("path", "_fd", "failed", "_buffer", "_since", "_lock", "write")
+    __slots__ = ("path", "_fd", "failed", "_map", "_map_fd", "_rfd", "_ident", "_chunk", "_lock",
+                 "write")
 
-    BUFFER_BYTES = 64 * 1024
-    BUFFER_SECONDS = 0.05
+    CHUNK_MIN = 4 * 1024
+    CHUNK_MAX = 64 * 1024
 
-    def __init__(self, path: str, *, buffered: bool = False) -> None:
+    def __init__(self, path: str, *, mapped: bool = False) -> None:
         self.path = path
-        self._fd = -1
+        self._fd = -1  # O_WRONLY, shared with forked children: their writes, and fallbacks
         self.failed = False
-        # One bytearray, not a list of lines: ~200 lines held until a flush make malloc hand
-        # memory back to the kernel at every flush and fault it in again (2 page faults and
-        # several us of system time a record); a line appended to a bytearray is freed at once.
-        self._buffer: "bytearray | None" = bytearray() if buffered else None
-        self._since = 0.0
-        self._lock = threading.Lock()  # serializes flushes only
-        # write(line): bound to the mode, so writing through costs one call, not two.
-        self.write = self._append if buffered else self._write
+        # The region reserved last, up to its closing newline, positioned at its first free
+        # byte (None: none yet, or not mapping).
+        self._map: Optional[mmap] = None
+        self._map_fd = -1  # the descriptor the mmap module keeps for _map (Python < 3.13)
+        self._rfd = -1  # O_RDWR, this process's own file offset: where its reservation ended
+        self._ident: Tuple[int, int] = (0, 0)  # (st_dev, st_ino) of the file _fd was opened on
+        self._chunk = self.CHUNK_MIN
+        self._lock = threading.Lock()  # only ever tried, never waited on
+        # write(line): bound to the mode, so a write costs one call, not two.
+        self.write = self._map_write if mapped else self._write
 
     def open(self) -> None:
         """Open (creating) the file now; raise :class:`TraceFileError` naming the path if not."""
-        if self._fd >= 0:
-            return
-        try:
-            # 0o666: the user's umask decides, as for any file the program creates.
-            self._fd = os.open(self.path, _FLAGS, 0o666)
-        except OSError as exc:
-            raise TraceFileError(
-                f"cannot write the trace file {self.path!r}: {exc.strerror}; "
-                "set TRACEDMP_TRACE (or configure(trace=...)) to a writable path, "
-                "or TRACEDMP_TRACE=off to turn tracing off"
-            ) from exc
+        if self._fd < 0:
+            self._fd = open_trace(self.path, os.O_WRONLY)
+            self._ident = _identity(self._fd)
 
-    def _append(self, line: bytes) -> None:
-        buffer = self._buffer
-        if buffer is None:  # stopped buffering while another thread was on its way here
+    def flush(self) -> None:
+        """Nothing to do: every record is in the file (or its page cache) once written."""
+
+    def _map_write(self, line: bytes) -> None:
+        # mmap.write copies at the region's position and advances it in one C call, which
+        # neither a thread switch nor a signal handler can interrupt.
+        try:
+            self._map.write(line)  # type: ignore[union-attr]
+        except (ValueError, AttributeError):  # the region is full (or closed), or none yet
+            self._write_reserving(line)
+
+    def _write_reserving(self, line: bytes) -> None:
+        if not self._lock.acquire(False):  # another thread's reservation, or the one we interrupted
             self._write(line)
             return
-        if not buffer:
-            self._since = monotonic()
-        buffer += line  # one C call: atomic under the GIL, appending needs no lock
-        if len(buffer) >= self.BUFFER_BYTES or monotonic() - self._since >= self.BUFFER_SECONDS:
-            # A flush already under way (another thread's, or the one a signal handler
-            # interrupted) leaves these lines to the next: never wait here.
-            if self._lock.acquire(blocking=False):
-                try:
-                    self._flush_locked()
-                finally:
-                    self._lock.release()
-
-    def flush(self, *, then_write_through: bool = False) -> None:
-        """Write out what is buffered; optionally stop buffering (at exit)."""
-        if self._buffer is None:
-            return
-        # Bounded wait: a flush interrupted by a signal whose handler flushes must not deadlock.
-        if self._lock.acquire(timeout=5):
+        try:
             try:
-                self._flush_locked()
-                if then_write_through:
-                    self.write = self._write
-                    old, self._buffer = self._buffer, None
-                    if old:  # appended by another thread while the first write ran
-                        self._write(bytes(old))
-            finally:
-                self._lock.release()
+                self._map.write(line)  # type: ignore[union-attr]  # reserved while we waited
+                return
+            except (ValueError, AttributeError):
+                pass
+            if len(line) < self.CHUNK_MAX and self.write == self._map_write and self._reserve():
+                self._map.write(line)  # type: ignore[union-attr]
+            else:
+                self._write(line)
+        finally:
+            self._lock.release()
+
+    def _reserve(self) -> bool:
+        """Append a region of padding and map it; False (writing through from now on) if not."""
+        size = self._chunk
+        try:
+            if self._fd >= 0 and _identity(self._fd) != self._ident:  # closed by the program
+                self._fd = -1  # (that number is not ours to close)
+            self.open()
+            fd = self._rfd
+            if fd < 0 or _identity(fd) != self._ident:  # not opened yet, or closed by the program
+                fd = self._rfd = open_trace(self.path, os.O_RDWR)
+                if _identity(fd) != self._ident:  # the path names another file now
+                    raise OSError(errno.ESTALE, "the trace file was replaced")
+            written = os.write(fd, b" " * (size - 1) + b"\n")
+            if written != size:  # a full disk or a size limit: what was written stays blank
+                raise OSError(errno.ENOSPC, "short write")
+            # This process alone writes through this descriptor (and only here, holding the
+            # lock): its offset is the end of the region, wherever other writers appended.
+            end = os.lseek(fd, 0, os.SEEK_CUR)
+            start = end - size
+            # Up to the closing newline, which stays.
+            region, dup = _map_region(fd, start, end - 1, self._ident)
+        except (OSError, ValueError, TraceFileError):  # e.g. a file system that cannot map
+            self._stop_mapping()
+            return False
+        self._release()
+        self._map, self._map_fd = region, dup
+        if size < self.CHUNK_MAX:
+            self._chunk = size * 2
+        return True
+
+    def _release(self) -> None:
+        # The old region is unmapped once no thread is still on its way to write into it, and
+        # its descriptor closed with it: unless the program closed that one and has its number
+        # now (Python < 3.13), when the region is kept instead, unused.
+        old, self._map = self._map, None
+        if old is not None and self._map_fd >= 0 and _identity(self._map_fd) != self._ident:
+            _kept.append(old)
+        self._map_fd = -1
+
+    def _stop_mapping(self) -> None:
+        self.write = self._write
+        self._release()  # a write already on its way to it finds none and writes through
+        self._rfd = _close(self._rfd, self._ident)
 
     def after_fork_in_child(self) -> None:
-        # The parent keeps (and writes) its own buffer; a child writes through.
-        self.write = self._write
-        self._buffer = None
+        # The region is the parent's; a child writes through the shared descriptor.  The lock
+        # may have been held by a parent thread at the fork.
         self._lock = threading.Lock()
-
-    def _flush_locked(self) -> None:
-        buffer = self._buffer
-        if buffer:
-            # A copy: a signal handler that runs while os.write retries (EINTR) may append to
-            # the buffer, which a bytearray exported to os.write would refuse.
-            data = bytes(buffer)
-            del buffer[:len(data)]  # lines other threads added meanwhile stay
-            self._write(data)
+        self._stop_mapping()
 
     def _write(self, line: bytes) -> None:
-        if self._fd < 0:
+        fd = self._fd
+        if fd < 0:
             if self.failed:
                 return
             try:
@@ -123,31 +173,152 @@ class TraceFile:
             except TraceFileError as exc:
                 self._fail(str(exc))
                 return
+            fd = self._fd
         try:
-            written = os.write(self._fd, line)
+            written = os.write(fd, line)
             while written < len(line):  # only on a full disk or a size limit
-                written += os.write(self._fd, line[written:])
+                written += os.write(fd, line[written:])
         except OSError as exc:
+            if exc.errno == errno.EBADF and self._reopen():  # the program closed it
+                self._write(line)
+                return
             self._fail(f"cannot write the trace file {self.path!r}: {exc}")
 
-    def close(self) -> None:
-        self.flush()
-        self._close_fd()
+    def _reopen(self) -> bool:
+        # The number is not ours any more (it may already be one of the program's, open for
+        # reading): forget it, never close it.
+        if self._fd < 0:
+            return False
+        self._fd = -1
+        try:
+            self.open()
+        except TraceFileError as exc:
+            self._fail(str(exc))
+            return False
+        return True
 
-    def _close_fd(self) -> None:
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
+    def close(self) -> None:
+        if self._lock.acquire(False):  # else a reservation under way: left to the collector
             try:
-                os.close(fd)
-            except OSError:
-                pass
+                self._stop_mapping()
+                self._fd = _close(self._fd, self._ident)
+            finally:
+                self._lock.release()
 
     def _fail(self, message: str) -> None:
         self.write = self._write  # which writes nothing from now on
-        self._buffer = None
-        self._close_fd()
+        self._release()
+        self._fd = _close(self._fd, self._ident)
+        self._rfd = _close(self._rfd, self._ident)
         self.failed = True
         try:
             sys.stderr.write(f"tracedmp: {message}; tracing stopped in process {os.getpid()}\n")
         except Exception:  # stderr may be closed too; the program must not notice
             pass
+
+
+def open_trace(path: str, access: int = os.O_WRONLY) -> int:
+    """Open ``path`` for appending, creating it, as a descriptor at a high number.
+
+    Raise :class:`TraceFileError`, with one line naming the path, for what is not a regular
+    file of this user's: a symbolic link, a FIFO, a device, a directory, someone else's file.
+    """
+    try:
+        # 0o666: the user's umask decides, as for any file the program creates.
+        fd = os.open(path, access | _FLAGS, 0o666)
+    except OSError as exc:
+        raise TraceFileError(_refusal(path, exc)) from exc
+    try:
+        st = os.fstat(fd)
+        what = next((name for test, name in _KINDS if test(st.st_mode)), None)
+        if what is not None:
+            raise TraceFileError(
+                f"the trace path {path!r} is {what}, not a regular file; {_FIX}")
+        uid = os.geteuid() if hasattr(os, "geteuid") else st.st_uid
+        if st.st_uid != uid:
+            raise TraceFileError(
+                f"the trace file {path!r} belongs to another user (uid {st.st_uid}, not {uid}); "
+                f"tracedmp appends only to a file of yours; {_FIX}")
+        os.set_blocking(fd, True)
+        return _move_high(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+_FIX = ("set TRACEDMP_TRACE (or configure(trace=...)) to a writable path, "
+        "or TRACEDMP_TRACE=off to turn tracing off")
+
+
+def _refusal(path: str, exc: OSError) -> str:
+    if exc.errno == errno.ELOOP and os.path.islink(path):
+        return (f"the trace path {path!r} is a symbolic link, which tracedmp does not follow "
+                f"(someone may have planted it); {_FIX}")
+    if exc.errno == errno.ENXIO:  # O_NONBLOCK open of a FIFO no one reads
+        return f"the trace path {path!r} is a FIFO, not a regular file; {_FIX}"
+    if exc.errno == errno.EISDIR:
+        return f"the trace path {path!r} is a directory, not a regular file; {_FIX}"
+    return f"cannot write the trace file {path!r}: {exc.strerror}; {_FIX}"
+
+
+def _move_high(fd: int) -> int:
+    try:
+        import fcntl  # already imported by multiprocessing in every child it starts
+
+        try:
+            high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD)
+        except OSError:  # RLIMIT_NOFILE at or below _HIGH_FD: as high as it allows
+            import resource
+
+            floor = resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 2
+            if floor <= fd:
+                return fd
+            high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor)
+    except (ImportError, OSError, ValueError):  # no room up there: the number open() gave
+        return fd
+    os.close(fd)
+    return high
+
+
+_kept: List[mmap] = []  # regions whose descriptor number the program took over (see _release)
+
+
+def _map_region(fd: int, start: int, end: int, ident: Tuple[int, int]) -> Tuple[mmap, int]:
+    """Map bytes ``start:end`` of the file open as ``fd``, positioned at ``start``; with the
+    descriptor the mapping keeps open (-1: none)."""
+    import mmap
+
+    base = start - start % mmap.ALLOCATIONGRANULARITY
+    if sys.version_info >= (3, 13):
+        region = mmap.mmap(fd, end - base, access=mmap.ACCESS_WRITE, offset=base,
+                           trackfd=False)
+        dup = -1
+    else:
+        # The mmap module keeps a dup() of fd, which takes the lowest free number: learn which.
+        probe = os.dup(fd)
+        os.close(probe)
+        region = mmap.mmap(fd, end - base, access=mmap.ACCESS_WRITE, offset=base)
+        dup = probe
+        if _identity(dup) != ident:  # another thread took that number meanwhile: unknown
+            region.close()
+            raise OSError(errno.EBADF, "cannot tell the mapping's descriptor")
+    region.seek(start - base)
+    return region, dup
+
+
+def _identity(fd: int) -> Tuple[int, int]:
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return (-1, -1)
+    return (st.st_dev, st.st_ino)
+
+
+def _close(fd: int, ident: Tuple[int, int]) -> int:
+    """Close ``fd`` if it is still the file ``ident`` names (else the program's now)."""
+    if fd >= 0 and _identity(fd) == ident:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    return -1

@@ -42,7 +42,7 @@ class Tracer:
     def __init__(self, config: Config, *, main: bool = False) -> None:
         self.config = config
         self.main = main
-        self.sink = TraceFile(config.trace, buffered=main)  # type: ignore[arg-type]
+        self.sink = TraceFile(config.trace, mapped=main)  # type: ignore[arg-type]
         self.pickler = config.pickler
         self._processors = config.processors
 
@@ -96,37 +96,6 @@ def start_method_here() -> str:
     own = getattr(type(_mp_process._current_process), "_start_method", None) or method  # type: ignore[attr-defined]
     _own_start_method = own
     return own
-
-
-_exit_hooks_registered = False
-
-
-def flush_at_exit() -> None:
-    """Write the main process's buffer out after multiprocessing's own exit handlers ran."""
-    global _exit_hooks_registered
-    if _exit_hooks_registered:
-        return
-    _exit_hooks_registered = True
-    import atexit
-
-    from multiprocessing import util
-
-    # multiprocessing's exit handler runs finalizers highest priority first and this one last;
-    # atexit covers a program whose multiprocessing exit handler is gone (os._exit excepted).
-    util.Finalize(None, _final_flush, exitpriority=-(2**31))
-    atexit.register(_final_flush)
-
-
-def _final_flush() -> None:
-    tracer = current
-    if tracer is not None:
-        tracer.sink.flush(then_write_through=True)
-
-
-def flush_before_fork() -> None:
-    tracer = current
-    if tracer is not None:
-        tracer.sink.flush()
 
 
 def after_fork_in_child() -> None:
