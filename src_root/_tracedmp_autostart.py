@@ -10,9 +10,19 @@ import os
 import sys
 
 _ENV = "TRACEDMP_AUTOSTART"
+_refused = False  # site may read the .pth file twice (a venv's site-packages): one line
 
 
 def start() -> None:
+    global _refused
+    value = os.environ.get(_ENV, "")
+    if not (value.isascii() and value.isdigit()):  # a pid (tracedmp run's), or 1 for none
+        if not _refused:
+            _refused = True
+            sys.stderr.write(
+                f"tracedmp: {_ENV}={value!r} is not a process id (tracedmp run sets it to the "
+                "program's pid; to trace a program, use tracedmp run); tracing not started\n")
+        return
     if "multiprocessing" in sys.modules:
         _install()
     elif not any(isinstance(f, _Finder) for f in sys.meta_path):

@@ -216,6 +216,17 @@ print(b.recv())
     assert run.returncode == 0 and run.stdout == "1\n"
     assert run.stderr.count("\n") == 1 and "is a symbolic link" in run.stderr
     assert victim.read_text() == "precious\n"
+    out = tmp_path / "tl.json"
+    (tmp_path / "tl.json.part").symlink_to(victim)  # the timeline's temporary file
+    real = tmp_path / "real.jsonl"
+    real.write_text(json.dumps({"v": 1, "event": "trace_start", "ts": 1.0, "pid": 1,
+                                "process": "MainProcess", "start_method": "fork",
+                                "seq": 0}) + "\n")
+    proc = subprocess.run([sys.executable, "-m", "tracedmp", "timeline", str(real), "-o",
+                           str(out)], capture_output=True, text=True, timeout=30)
+    assert victim.read_text() == "precious\n"
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "symbolic link" in proc.stderr
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a file someone else's")
@@ -226,3 +237,15 @@ def test_a_file_of_another_user_is_never_appended_to(tmp_path):
     with pytest.raises(TraceFileError, match="belongs to another user"):
         tracedmp.configure(trace=str(planted))
     assert planted.read_text() == ""
+
+
+@pytest.mark.parametrize("value", ["yes", "true", "on", "-1", "12ab", " 7"])
+def test_a_garbage_autostart_value_is_rejected(tmp_path, value):
+    env = dict(os.environ, TRACEDMP_AUTOSTART=value, TRACEDMP_TRACE=str(tmp_path / "t.jsonl"))
+    code = "import multiprocessing as mp; a, b = mp.Pipe(); a.send(1); print(b.recv())"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0 and proc.stdout == "1\n"
+    assert proc.stderr.count("\n") == 1 and "TRACEDMP_AUTOSTART" in proc.stderr
+    assert repr(value) in proc.stderr
+    assert not (tmp_path / "t.jsonl").exists()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import List, Optional
+from typing import IO, List, Optional
 
 from ._args import evaluate_expression, positive
 from ._errors import TracedmpError
@@ -112,16 +112,20 @@ def _timeline(args: argparse.Namespace) -> int:
 
     out_path = args.output or (os.path.splitext(args.trace)[0] + ".timeline.json")
     tmp = out_path + ".part"
+    made = False
     try:
-        with open(tmp, "w") as out:
+        out = _create(tmp)
+        made = True
+        with out:
             count = write_timeline(args.trace, out)
         if count == 0:
             raise _no_records(args.trace)
-        os.replace(tmp, out_path)
+        os.replace(tmp, out_path)  # replaces a symbolic link there, never writes through it
+        made = False
     except OSError as exc:
         raise TracedmpError(f"cannot write {out_path}: {exc.strerror or exc}") from exc
     finally:
-        if os.path.exists(tmp):
+        if made:
             os.unlink(tmp)
     print(f"wrote {count} events to {out_path}; open it at https://ui.perfetto.dev "
           "or chrome://tracing")
@@ -197,6 +201,29 @@ def _report(args: argparse.Namespace) -> int:
         print(f"tracedmp: note: {args.trace}:{data['truncated_line']}: last line cut short "
               "(a process was killed while writing it); left out", file=sys.stderr)
     return 0
+
+
+def _create(path: str) -> IO[str]:
+    """A new file of ours at ``path``, for writing: never through a symbolic link planted there,
+    never into a file someone else made (a leftover of ours from a killed run is replaced)."""
+    import stat
+
+    flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+             | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fd = os.open(path, flags, 0o666)
+    except FileExistsError:
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            raise TracedmpError(f"cannot write {path}: it is a symbolic link, which tracedmp "
+                                "does not follow (someone may have planted it); remove it or "
+                                "choose another output (-o)") from None
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            raise TracedmpError(f"cannot write {path}: it is not a file of yours; remove it or "
+                                "choose another output (-o)") from None
+        os.unlink(path)
+        fd = os.open(path, flags, 0o666)
+    return os.fdopen(fd, "w")
 
 
 def _run(args: argparse.Namespace) -> int:
