@@ -37,7 +37,7 @@ def trace(name: str, tmp: str, *flags: str, args: tuple = ()) -> str:
 
 def records(path: str, **match: object) -> list:
     with open(path) as f:
-        out = [json.loads(line) for line in f]
+        out = [json.loads(line) for line in f if line.strip()]  # blank: unused reserved space
     return [r for r in out if all(r.get(k) == v for k, v in match.items())]
 
 

@@ -51,6 +51,8 @@ def main() -> int:
         torn = lines = 0
         with open(path, "rb") as f:
             for line in f:
+                if not line.strip():  # the main process's unused reserved space
+                    continue
                 lines += 1
                 try:
                     r = json.loads(line)
