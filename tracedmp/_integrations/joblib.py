@@ -130,6 +130,8 @@ def _pool_channel(frame: Any) -> Tuple[str, Optional[str]]:
             return "joblib.task", pool_start_method(_Frame(caller), "pool.task")
         if caller_code.co_name == "worker":
             answer = ("joblib.result", None)
+        else:  # the Pool's own sentinels (its _terminate_pool, ...), as pool.control for a Pool
+            answer = ("joblib.control", None)
     if len(_by_code) >= 256:
         _by_code.clear()
     _by_code[id(caller_code)] = (caller_code, answer)
