@@ -526,7 +526,7 @@ class _Libraries:
             if sent_as == "copy" and nbytes >= 1024 * 1024 and v[0] >= 2:
                 out.append({
                     "kind": "joblib_array_copied",
-                    "message": (f"a {_fmt_bytes(nbytes)} array was copied into {v[0]} "
+                    "message": (f"an array of {_fmt_bytes(nbytes)} was copied into {v[0]} "
                                 f"{channel} messages ({_fmt_bytes(v[1])} in all): joblib "
                                 "memmaps numpy arrays above max_nbytes (1M by default) instead; "
                                 "leave max_nbytes set, or lower it"),
