@@ -51,8 +51,8 @@ def uninstall() -> None:
     _by_code.clear()
 
 
-def _tracing_pool_pickler(base: type) -> type:
-    class TracingPoolPickler(base):  # type: ignore[misc, valid-type]
+def _tracing_pool_pickler(base: Any) -> type:
+    class TracingPoolPickler(base):  # type: ignore[misc]
         """joblib's Pool pickler, recording each message it pickles."""
 
         def __init__(self, writer: Any, reducers: Any = None, *args: Any, **kwargs: Any) -> None:

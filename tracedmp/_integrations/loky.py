@@ -195,7 +195,7 @@ def _tracing_class(base: type) -> type:
     return cls
 
 
-def _make_tracing_class(base: type) -> type:
+def _make_tracing_class(base: Any) -> type:
     base_override = getattr(base, "reducer_override", None)
     try:
         import cloudpickle
@@ -207,7 +207,7 @@ def _make_tracing_class(base: type) -> type:
     # everything else, as the tracing cloudpickle pickler does.
     cloud_like = base_override is not None and base_override is cloud_override
 
-    class TracingLokyPickler(base):  # type: ignore[misc, valid-type]
+    class TracingLokyPickler(base):  # type: ignore[misc]
         """loky's pickler, noting each function and class it pickles and which went by value."""
 
         _tracedmp_refs: Any
