@@ -151,17 +151,20 @@ def joblib_tiny_tasks(mp, n=20_000):
     return elapsed
 
 
-def array_head(a):
-    return float(a[:10].sum())
+def array_sum(a, i):
+    return float(a[i::4].sum())
 
 
-def joblib_memmap(mp, n=40, size=5_000_000):
+def joblib_memmap(mp, n=80, size=5_000_000):
     import numpy as np
     from joblib import delayed
 
-    data = np.ones(size)  # 40 MB: memmapped (above max_nbytes), a reference in each batch
-    elapsed, out = _joblib_run(mp, (delayed(array_head)(data) for _ in range(n)), batch_size=1)
-    assert out == [10.0] * n
+    # 40 MB: memmapped (above max_nbytes), a reference in each batch; each task reads a
+    # quarter of it, as a worker on a shared array does
+    data = np.ones(size)
+    elapsed, out = _joblib_run(mp, (delayed(array_sum)(data, i % 4) for i in range(n)),
+                               batch_size=1)
+    assert out == [size / 4] * n
     return elapsed
 
 

@@ -8,6 +8,7 @@ same pickles, process by process, count and bytes.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 
@@ -62,6 +63,11 @@ def square(x):
     counting.install()  # in a worker: from its first task on
     return x * x
 
+def nested(x):
+    counting.install()
+    # joblib runs a Parallel inside a worker on threads: the worker's trace says so
+    return sum(Parallel(n_jobs=2)(delayed(abs)(-i) for i in range(x)))
+
 if __name__ == "__main__":
     if sys.argv[1] == "configure":
         tracedmp.configure(trace=os.environ["TRACE"])
@@ -70,7 +76,8 @@ if __name__ == "__main__":
     second = Parallel(n_jobs=2, batch_size=4)(delayed(square)(i) for i in range(30, 50))
     with parallel_config(backend="loky", n_jobs=-1):
         third = Parallel()(delayed(square)(i) for i in range(3))
-    print(json.dumps([first, second, third]))
+    fourth = Parallel(n_jobs=2)(delayed(nested)(i) for i in range(4))
+    print(json.dumps([first, second, third, fourth]))
 '''
 
 
@@ -89,10 +96,10 @@ def _by_pid(lines):
     return out
 
 
-def _traced_by_pid(records, channels):
+def _traced_by_pid(records, channels, pickler=None):
     out = {}
     for r in records:
-        if r["event"] == "pickle" and (r["channel"] in channels or (
+        if r["event"] == "pickle" and (r["channel"] in channels or r["pickler"] == pickler or (
                 r["channel"] == "process" and r["start_method"] == "loky")):
             n, total = out.get(r["pid"], (0, 0))
             out[r["pid"]] = (n + 1, total + r["size"])
@@ -104,16 +111,18 @@ def test_loky_every_pickle_traced(run_program, tmp_path, how):
     env, counts = _setup(tmp_path)
     run = run_program(LOKY, how, env=env, via_run=(how == "run"), timeout=120)
     assert run.returncode == 0, run.stderr
-    first, second, third = run.output()
+    first, second, third, fourth = run.output()
     assert first == [i * i for i in range(30)] and second == [i * i for i in range(30, 50)]
-    assert third == [0, 1, 4]
+    assert third == [0, 1, 4] and fourth == [0, 0, 1, 3]
     assert "internal error" not in run.stderr
     records = run.records
     truth = _by_pid(counts.read_text().split("\n")[:-1])
-    traced = _traced_by_pid(records, ("loky.call", "loky.result"))
+    # all of loky's pickles (the program's own go by tracedmp's pickle): the executor's, and
+    # the wake-up messages of the ThreadPool a nested Parallel runs in a worker
+    traced = _traced_by_pid(records, ("loky.call", "loky.result"), "cloudpickle")
     # A worker that got no task never installed the counter: it pickled its exit notice only.
     idle = {pid for pid in traced if pid not in truth}
-    assert all(r["type"] == "builtins.int" for r in records
+    assert all(r["type"] == "builtins.int" or r["channel"] == "pool.control" for r in records
                if r["event"] == "pickle" and r["pid"] in idle)
     assert {pid: v for pid, v in traced.items() if pid not in idle} == truth
     # every process: the same number of pickles, the same bytes
@@ -127,11 +136,15 @@ def test_loky_every_pickle_traced(run_program, tmp_path, how):
     calls = [r for r in records if r.get("channel") == "loky.call" and r["type"].endswith(
         "_CallItem")]
     assert calls and all({"name": "__main__.square", "kind": "value"} in r["callables"]
+                         or {"name": "__main__.nested", "kind": "value"} in r["callables"]
                          for r in calls)
     # the second call ran on workers the first one started: no new start in between
-    parallel = run.events("parallel")
-    assert [p["backend"] for p in parallel] == ["loky", "loky", "loky"]
+    main = records[0]["pid"]
+    parallel = [p for p in run.events("parallel") if p["pid"] == main]
+    assert [p["backend"] for p in parallel] == ["loky"] * 4
     assert all(p["pickles"] is True for p in parallel)
+    inner = [p for p in run.events("parallel") if p["pid"] in workers]
+    assert inner and all(p["backend"] == "threading" and p["pickles"] is False for p in inner)
     assert parallel[2]["n_jobs"] >= 1
     second_start = parallel[1]["ts"]
     later = [r for r in results if r["ts"] > second_start]
@@ -357,3 +370,35 @@ def test_report_findings_for_joblib():
 
 if sys.platform != "linux":  # pragma: no cover
     pytestmark = pytest.mark.skip("Linux only")
+
+
+def test_library_still_importing_when_tracing_starts(tmp_path, monkeypatch):
+    """``tracedmp run`` starts tracing right after multiprocessing's import, which may happen
+    inside a library module's own import: its integration waits until that module has run."""
+    import importlib.machinery
+    import types
+
+    from tracedmp import _integrations
+    from tracedmp._integrations import engines
+
+    monkeypatch.setitem(_integrations.INTEGRATIONS, "tracedmp_test_engine", "engines")
+    monkeypatch.setitem(engines.ENGINES, "tracedmp_test_engine", "a test engine")
+    module = types.ModuleType("tracedmp_test_engine")
+    module.__spec__ = importlib.machinery.ModuleSpec("tracedmp_test_engine", None)
+    module.__spec__._initializing = True  # as importlib marks a module while it runs
+    monkeypatch.setitem(sys.modules, "tracedmp_test_engine", module)
+    trace = tmp_path / "t.jsonl"
+    tracedmp.configure(trace=str(trace))
+
+    def engines_named():
+        from tracedmp._runtime import tracer
+
+        tracer.current.sink.flush()
+        return [json.loads(line)["engine"] for line in trace.read_text().splitlines()
+                if json.loads(line)["event"] == "untraced"]
+
+    assert engines_named() == []  # not yet: the module is still running
+    module.__spec__._initializing = False
+    with pytest.raises(ImportError):  # the next import of anything, here one that fails
+        __import__("tracedmp_test_no_such_module")
+    assert engines_named() == ["a test engine"]

@@ -48,13 +48,18 @@ INTEGRATIONS: Dict[str, str] = {
 _installed: List[Any] = []  # integration modules installed, in order
 
 
-def install_all(tracer: Any, watch: Any) -> None:
-    """Install each integration whose library is imported; ``watch(name)`` the others."""
+def install_all(tracer: Any, watch: Any, watch_finished: Any = None) -> None:
+    """Install each integration whose library is imported; ``watch(name)`` the others, and
+    ``watch_finished(name)`` those still being imported (their names not all bound yet)."""
     for library in INTEGRATIONS:
-        if library in sys.modules:
-            imported(library, tracer)
-        else:
+        module = sys.modules.get(library)
+        if module is None:
             watch(library)
+        elif watch_finished is not None and getattr(
+                getattr(module, "__spec__", None), "_initializing", False):
+            watch_finished(library)
+        else:
+            imported(library, tracer)
 
 
 def imported(library: str, tracer: Any) -> None:

@@ -33,10 +33,18 @@ class Notes:
 def watch(reducers: Any) -> Tuple[Any, Optional[Notes]]:
     """``reducers`` with its numpy reducers wrapped, and the notes they will fill; as given
     (and None) when it has none."""
-    try:
-        numpy_types = [t for t in reducers if getattr(t, "__module__", "").startswith("numpy")]
-    except TypeError:
-        return reducers, None
+    # A queue pickles every message with the same reducers: which of them are numpy's is
+    # looked up once per dict (by id; checked, since an id outlives its dict).
+    numpy_types = _numpy_types.get(id(reducers))
+    if numpy_types is None or not all(t in reducers for t in numpy_types):
+        try:
+            numpy_types = tuple(t for t in reducers
+                                if getattr(t, "__module__", "").startswith("numpy"))
+        except TypeError:
+            return reducers, None
+        if len(_numpy_types) >= 64:
+            _numpy_types.clear()
+        _numpy_types[id(reducers)] = numpy_types
     if not numpy_types:
         return reducers, None
     notes = Notes()
@@ -44,6 +52,10 @@ def watch(reducers: Any) -> Tuple[Any, Optional[Notes]]:
     for t in numpy_types:
         wrapped[t] = _Watch(reducers[t], notes)
     return wrapped, notes
+
+
+_numpy_types: Dict[int, Tuple[type, ...]] = {}
+_dtype_names: Dict[Any, str] = {}
 
 
 class _Watch:
@@ -75,8 +87,14 @@ class _Watch:
                 notes.arrays[-1]["truncated"] = notes.left_out
             return
         rebuild, args = reduced[0], reduced[1]
+        dtype = a.dtype
+        name = _dtype_names.get(dtype)
+        if name is None:  # str(dtype) takes ~20 us (numpy 2): once per dtype
+            if len(_dtype_names) >= 64:
+                _dtype_names.clear()
+            name = _dtype_names[dtype] = str(dtype)
         entry: Dict[str, Any] = {"nbytes": int(a.nbytes), "shape": [int(n) for n in a.shape],
-                                 "dtype": str(a.dtype)}
+                                 "dtype": name}
         if rebuild is pickle.loads and args and isinstance(args[0], (bytes, bytearray)):
             entry["sent_as"] = "copy"
             entry["size"] = len(args[0])  # the nested pickle joblib made: its bytes, exactly

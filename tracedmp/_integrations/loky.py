@@ -50,7 +50,8 @@ def install(tracer: Any) -> None:
     """Patch loky's reduction and process modules that are imported (vendored or not)."""
     for prefix in ("joblib.externals.loky.backend.", "loky.backend."):
         reduction = sys.modules.get(prefix + "reduction")
-        if reduction is not None and not _patches.patched(reduction, "dump"):
+        if reduction is not None and "dump" in vars(reduction) and "dumps" in vars(reduction) \
+                and not _patches.patched(reduction, "dump"):
             _patches.patch(reduction, "dump", _traced_dump(reduction))
         process = sys.modules.get(prefix + "process")
         klass = getattr(process, "LokyProcess", None)
@@ -158,6 +159,10 @@ def _channel(frame: Any, dumps_code: Any) -> Tuple[str, Optional[str]]:
     if carrier_code.co_name == "put" and _in_loky(carrier, "backend.queues"):
         if caller is not None and _in_loky(caller, "process_executor"):
             answer = ("loky.result", None)
+        elif caller is not None and caller.f_globals.get("__name__") == "multiprocessing.pool":
+            # a Pool (a ThreadPool: joblib's threading backend) in a loky worker, whose default
+            # context is loky's: its wake-up messages
+            answer = ("pool.control", None)
         else:
             answer = ("queue", None)
     if len(_by_code) >= 256:
