@@ -402,3 +402,35 @@ def test_library_still_importing_when_tracing_starts(tmp_path, monkeypatch):
     with pytest.raises(ImportError):  # the next import of anything, here one that fails
         __import__("tracedmp_test_no_such_module")
     assert engines_named() == ["a test engine"]
+
+
+STANDALONE_LOKY = '''
+import json, os
+import tracedmp
+from loky import get_reusable_executor
+
+def add_one(x):
+    return x + 1
+
+if __name__ == "__main__":
+    tracedmp.configure(trace=os.environ["TRACE"])
+    executor = get_reusable_executor(max_workers=2)
+    print(json.dumps(list(executor.map(add_one, range(6)))))
+'''
+
+
+def test_standalone_loky(run_program, tmp_path):
+    pytest.importorskip("loky")
+    env, _ = _setup(tmp_path)
+    run = run_program(STANDALONE_LOKY, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.output() == [1, 2, 3, 4, 5, 6]
+    calls = [r for r in run.records if r.get("channel") == "loky.call"
+             and r["type"] == "loky.process_executor._CallItem"]
+    assert len(calls) == 6
+    assert all({"name": "__main__.add_one", "kind": "value"} in r["callables"] for r in calls)
+    results = [r for r in run.records if r.get("channel") == "loky.result"
+               and r["type"] == "loky.process_executor._ResultItem"]
+    assert len(results) == 6
+    starts = run.events("process_start", start_method="loky")
+    assert {r["pid"] for r in results} <= {s["child_pid"] for s in starts}

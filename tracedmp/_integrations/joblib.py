@@ -21,7 +21,7 @@ from time import perf_counter_ns
 from .._runtime import tracer as _tracer
 from .._runtime.picklers import _CALLABLE_TYPES, record_error
 from .._runtime.records import record_pickle
-from .._runtime.tracer import safely
+from .._runtime.tracer import internal_error, safely
 from . import Patches, arrays
 
 TYPE_CHECKING = False  # typing costs milliseconds to import, in every spawned child
@@ -59,7 +59,10 @@ def _tracing_pool_pickler(base: Any) -> type:
             self._tracedmp_notes = None
             self._tracedmp_given = reducers
             if reducers and _tracer.current is not None:
-                reducers, self._tracedmp_notes = arrays.watch(reducers)
+                try:
+                    reducers, self._tracedmp_notes = arrays.watch(reducers)
+                except Exception as exc:  # never keep the program's pickle from being made
+                    internal_error(exc)
             base.__init__(self, writer, reducers, *args, **kwargs)
             self._tracedmp_writer = writer
             self._tracedmp_refs: Any = None
@@ -78,8 +81,12 @@ def _tracing_pool_pickler(base: Any) -> type:
             writer = self._tracedmp_writer
             if tracer is None or not hasattr(writer, "tell"):
                 return base.dump(self, obj)
-            channel, method = _pool_channel(sys._getframe(1))
-            before = writer.tell()
+            try:
+                channel, method = _pool_channel(sys._getframe(1))
+                before = writer.tell()
+            except Exception as exc:  # a joblib we do not know: this pickle untraced
+                internal_error(exc)
+                return base.dump(self, obj)
             start = perf_counter_ns()
             try:
                 base.dump(self, obj)

@@ -33,7 +33,7 @@ from .._runtime import tracer as _tracer
 from .._runtime.hooks import _CountingWriter, _launch_fields
 from .._runtime.picklers import _CALLABLE_TYPES, record_error
 from .._runtime.records import record_pickle
-from .._runtime.tracer import safely
+from .._runtime.tracer import internal_error, safely
 from . import Patches, arrays
 
 TYPE_CHECKING = False  # typing costs milliseconds to import, in every spawned child
@@ -77,26 +77,29 @@ def _traced_dump(reduction: Any) -> Any:
         base = reduction._LokyPickler
         if tracer is None or base is None:  # tracing stopped on the way here, or no pickler
             return untraced(obj, file, reducers=reducers, protocol=protocol)
-        cls = _tracing_class(base)
-        notes = None
         given = reducers
-        if reducers:
-            reducers, notes = arrays.watch(reducers)
-        counter = None
         try:
-            before = file.tell()
-        except (AttributeError, OSError, ValueError):
-            before = None
-            file = counter = _CountingWriter(file)
-        frame = sys._getframe(1)
-        channel, method = _channel(frame, dumps_code)
-        launch = _hooks.current_launch() if channel == "process" else None
-        if launch is not None:
-            method = launch.method
-        pickler = cls(file, reducers=reducers, protocol=protocol)
+            cls = _tracing_class(base)
+            notes = None
+            if reducers:
+                reducers, notes = arrays.watch(reducers)
+            counter = None
+            try:
+                before = file.tell()
+            except (AttributeError, OSError, ValueError):
+                before = None
+                counter = _CountingWriter(file)
+            channel, method = _channel(sys._getframe(1), dumps_code)
+            launch = _hooks.current_launch() if channel == "process" else None
+            if launch is not None:
+                method = launch.method
+            name = reduction._loky_pickler_name or "cloudpickle"
+        except Exception as exc:  # a loky we do not know: this pickle untraced, never broken
+            internal_error(exc)
+            return untraced(obj, file, reducers=given, protocol=protocol)
+        pickler = cls(counter or file, reducers=reducers, protocol=protocol)
         pickler._tracedmp_refs = None
         pickler._tracedmp_by_value = None
-        name = reduction._loky_pickler_name or "cloudpickle"
         start = perf_counter_ns()
         try:
             pickler.dump(obj)
