@@ -448,3 +448,18 @@ def test_standalone_loky(run_program, tmp_path):
     assert len(results) == 6
     starts = run.events("process_start", start_method="loky")
     assert {r["pid"] for r in results} <= {s["child_pid"] for s in starts}
+
+
+def test_a_joblib_of_another_shape_is_left_untraced_not_broken(tmp_path, monkeypatch):
+    from joblib import parallel
+    from joblib.externals.loky.backend import process, reduction
+
+    monkeypatch.delattr(parallel.Parallel, "_initialize_backend")  # as if renamed
+    monkeypatch.delattr(process.LokyProcess, "_Popen")
+    before = reduction.dump
+    tracedmp.configure(trace=str(tmp_path / "t.jsonl"))  # no error: those parts untraced
+    assert "_initialize_backend" not in vars(parallel.Parallel)
+    assert "_Popen" not in vars(process.LokyProcess)
+    assert reduction.dump is not before  # what is there is still traced
+    tracedmp.uninstall()
+    assert reduction.dump is before

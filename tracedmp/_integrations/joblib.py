@@ -35,15 +35,15 @@ _patches = Patches()
 
 def install(tracer: Any) -> None:
     """Patch joblib's pool and parallel modules that are imported."""
+    # What a joblib of another shape lacks stays unpatched: untraced, the program unchanged.
     pool = sys.modules.get("joblib.pool")
-    if pool is not None and "CustomizablePickler" in vars(pool) \
-            and not _patches.patched(pool, "CustomizablePickler"):
-        _patches.patch(pool, "CustomizablePickler",
-                       _tracing_pool_pickler(vars(pool)["CustomizablePickler"]))
+    pickler = vars(pool).get("CustomizablePickler") if pool is not None else None
+    if isinstance(pickler, type) and not _patches.patched(pool, "CustomizablePickler"):
+        _patches.patch(pool, "CustomizablePickler", _tracing_pool_pickler(pickler))
     klass = getattr(sys.modules.get("joblib.parallel"), "Parallel", None)
-    if klass is not None and not _patches.patched(klass, "_initialize_backend"):
-        _patches.patch(klass, "_initialize_backend",
-                       _initialize_hook(klass.__dict__["_initialize_backend"]))
+    initialize = vars(klass).get("_initialize_backend") if isinstance(klass, type) else None
+    if callable(initialize) and not _patches.patched(klass, "_initialize_backend"):
+        _patches.patch(klass, "_initialize_backend", _initialize_hook(initialize))
 
 
 def uninstall() -> None:

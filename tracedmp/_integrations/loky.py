@@ -55,8 +55,9 @@ def install(tracer: Any) -> None:
             _patches.patch(reduction, "dump", _traced_dump(reduction))
         process = sys.modules.get(prefix + "process")
         klass = getattr(process, "LokyProcess", None)
-        if klass is not None and not _patches.patched(klass, "_Popen"):
-            original = klass.__dict__["_Popen"]
+        original = vars(klass).get("_Popen") if isinstance(klass, type) else None
+        # (a loky whose LokyProcess differs: its workers untraced, the program unchanged)
+        if isinstance(original, staticmethod) and not _patches.patched(klass, "_Popen"):
             _patches.patch(klass, "_Popen", staticmethod(
                 _hooks._popen_hook(original.__func__, START_METHOD)))
 
