@@ -322,6 +322,11 @@ def test_untraced_engine_is_recorded_and_reported(run_program, tmp_path):
     text = render_text(summarize(run.records))
     assert "dask.distributed" in text and "not in this trace" in text
     assert "none of the known problems" not in text
+    from tracedmp._read.report import summarize_file
+
+    # a report narrowed to one channel still says what the trace does not hold
+    narrowed = summarize_file(run.trace, channel="pool.task")
+    assert [u["engine"] for u in narrowed["untraced"]] == ["dask.distributed"]
 
 
 NOT_IMPORTED = '''

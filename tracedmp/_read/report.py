@@ -288,7 +288,7 @@ def summarize_file(path: str, *, top: int = 10, channel: Optional[str] = None,
     if channel is not None or pid is not None:
         records = (r for r in trace.dicts()
                    if (channel is None or r.get("channel") == channel
-                       or r.get("event") == "trace_start")
+                       or r.get("event") in ("trace_start", "untraced"))
                    and (pid is None or r.get("pid") == pid))
     data = summarize(records, top=top)
     data["trace"] = path
