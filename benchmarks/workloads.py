@@ -128,6 +128,46 @@ def queue_roundtrip(mp, n=10_000):
     return elapsed
 
 
+def _joblib_run(mp, calls, **kwargs):
+    """Time one Parallel call on loky; tracing started as a joblib program would start it (the
+    workload uses no multiprocessing API that would start it on first use).  The executor is
+    shut down inside the timed section, so that its workers are reaped and their CPU counted."""
+    from joblib import Parallel
+    from joblib.externals.loky import get_reusable_executor
+
+    if hasattr(mp, "install"):  # traced or off: install() reads TRACEDMP_TRACE
+        mp.install()
+    t = time.perf_counter()
+    out = Parallel(n_jobs=2, **kwargs)(calls)
+    get_reusable_executor().shutdown(wait=True)
+    return time.perf_counter() - t, out
+
+
+def joblib_tiny_tasks(mp, n=20_000):
+    from joblib import delayed
+
+    elapsed, out = _joblib_run(mp, (delayed(noop)(i) for i in range(n)))
+    assert len(out) == n
+    return elapsed
+
+
+def array_sum(a, i):
+    return float(a[i::4].sum())
+
+
+def joblib_memmap(mp, n=80, size=5_000_000):
+    import numpy as np
+    from joblib import delayed
+
+    # 40 MB: memmapped (above max_nbytes), a reference in each batch; each task reads a
+    # quarter of it, as a worker on a shared array does
+    data = np.ones(size)
+    elapsed, out = _joblib_run(mp, (delayed(array_sum)(data, i % 4) for i in range(n)),
+                               batch_size=1)
+    assert out == [size / 4] * n
+    return elapsed
+
+
 class LokyAsPool:
     """Just enough of multiprocessing's API to run the Pool workloads on loky's executor."""
 
@@ -156,11 +196,14 @@ class LokyAsPool:
 
 
 # Which workloads each peer can run (all, if not listed).
-PEER_WORKLOADS = {"loky": {"tiny_tasks", "tiny_tasks_default_chunks", "big_args", "huge_args"}}
+PEER_WORKLOADS = {"loky": {"tiny_tasks", "tiny_tasks_default_chunks", "big_args", "huge_args"},
+                  "multiprocess": {"tiny_tasks", "tiny_tasks_default_chunks", "big_args",
+                                   "huge_args", "start_spawn", "start_fork", "start_forkserver",
+                                   "pipe_roundtrip", "queue_roundtrip"}}
 
 WORKLOADS = {f.__name__: f for f in (
     tiny_tasks, tiny_tasks_default_chunks, big_args, huge_args, start_spawn, start_fork,
-    start_forkserver, pipe_roundtrip, queue_roundtrip,
+    start_forkserver, pipe_roundtrip, queue_roundtrip, joblib_tiny_tasks, joblib_memmap,
 )}
 
 if __name__ == "__main__":

@@ -118,6 +118,19 @@ def main() -> None:
         write("fork_only.records.jsonl", jsonl(records(t, event="process_start")))
         write("fork_only.report.txt", section(tracedmp("report", t, cwd=tmp), "Spawn check"))
 
+        t = trace("joblib_arrays", tmp)
+        memmapped = next(r for r in records(t, channel="loky.call")
+                         if any(a.get("sent_as") == "memmap" for a in r.get("arrays", [])))
+        write("joblib.call.record.json", json.dumps(memmapped, indent=1))
+        write("joblib.start.record.json", json.dumps(
+            records(t, event="process_start")[0], indent=1))
+        write("joblib.parallel.jsonl", jsonl(records(t, event="parallel")))
+        report = tracedmp("report", t, cwd=tmp)
+        write("joblib.report.txt", "\n".join(
+            [section(report, "By channel"), "", section(report, "Process starts"), "",
+             section(report, "Parallel calls"), "", section(report, "Arrays joblib pickled"),
+             "", section(report, "Findings")]))
+
         t = trace("manager", tmp)
         write("manager.report.txt", section(tracedmp("report", t, "--channel", "manager",
                                                      cwd=tmp), "By type"))

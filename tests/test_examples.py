@@ -98,3 +98,15 @@ def test_cookbook_pytest_fixture(tmp_path):
                           capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "1 passed" in proc.stdout
+
+
+def test_joblib_arrays(tmp_path):
+    pytest.importorskip("joblib")
+    pytest.importorskip("numpy")
+    out, records = run_example(tmp_path, "joblib_arrays")
+    assert out.splitlines() == ["200000.0", "60000.0", "50000.0"]
+    sent = {a["sent_as"] for r in records if r.event == "pickle"
+            for a in (r.get("arrays") or [])}
+    assert sent == {"memmap", "copy"}
+    assert [r.backend for r in records if r.event == "parallel"] == [
+        "loky", "loky", "threading"]

@@ -69,6 +69,7 @@ class Summary:
         self.spawn_problems: List[Dict[str, Any]] = []
         self.unpickles = _Group()
         self._smallest_kept = 0
+        self.libraries = _Libraries()  # joblib and loky, and the engines not traced
 
     def add(self, r: Mapping[str, Any]) -> None:
         self.records += 1
@@ -113,6 +114,8 @@ class Summary:
                                                     "pid", "ts")})
         elif event == "unpickle":
             self.unpickles.add(_int(r.get("size")), _int(r.get("duration_ns")))
+        elif event in ("parallel", "untraced"):
+            self.libraries.add(event, r)
 
     def _pickle(self, r: Mapping[str, Any]) -> None:
         size = _int(r.get("size"))
@@ -135,6 +138,8 @@ class Summary:
         group.sizes.append(size)
         if size >= self._smallest_kept:
             self._keep_large(r, size, channel, names)
+        if "arrays" in r:
+            self.libraries.arrays_of(r, channel)
 
     def _keep_large(self, r: Mapping[str, Any], size: int, channel: str, names: tuple) -> None:
         # Largest pickles, identical ones (same size, carrier, type, names, process) counted once.
@@ -205,7 +210,8 @@ class Summary:
             "errors": [{**e, "processes": sorted(p for p in e["processes"] if p)}
                        for e in errors],
             "unpickles": self.unpickles.as_dict() if self.unpickles.count else None,
-            "findings": self._findings(span, total, tables),
+            "findings": self._findings(span, total, tables) + self.libraries.findings(self.combos),
+            **self.libraries.as_dict(),
         }
 
     def _findings(self, span: float, total: _Group,
@@ -282,7 +288,7 @@ def summarize_file(path: str, *, top: int = 10, channel: Optional[str] = None,
     if channel is not None or pid is not None:
         records = (r for r in trace.dicts()
                    if (channel is None or r.get("channel") == channel
-                       or r.get("event") == "trace_start")
+                       or r.get("event") in ("trace_start", "untraced"))
                    and (pid is None or r.get("pid") == pid))
     data = summarize(records, top=top)
     data["trace"] = path
@@ -416,6 +422,8 @@ def render_text(data: Dict[str, Any]) -> str:
             add(f"  {e['count']}x {e['channel']} {e['type']}: {e['error']}")
             add(f"      at {e['path'] or '(top level)'}; fix: {e['hint']}")
 
+    _render_libraries(data, add)
+
     if data.get("unpickles"):
         u = data["unpickles"]
         add("")
@@ -430,3 +438,129 @@ def render_text(data: Dict[str, Any]) -> str:
     else:
         add("Findings: none of the known problems shows in this trace")
     return "\n".join(lines) + "\n"
+
+
+# joblib and loky (the ``loky.*`` and ``joblib.*`` channels, ``parallel`` records, the arrays
+# joblib memmapped or copied) and the engines whose traffic the trace does not have.
+
+_JOBLIB_TASKS = ("loky.call", "joblib.task")
+_JOBLIB_MACHINERY = ("joblib.", "cloudpickle.", "builtins.", "copyreg.", "numpy.")
+
+
+class _Libraries:
+    def __init__(self) -> None:
+        self.parallel: Dict[tuple, int] = {}  # (library, backend, pickles) -> calls
+        self.untraced: Dict[str, set] = {}  # engine -> processes that imported it
+        # (channel, nbytes, shape, dtype, sent_as) -> [messages, bytes in them, files written]
+        self.arrays: Dict[tuple, List[int]] = {}
+
+    def add(self, event: str, r: Mapping[str, Any]) -> None:
+        if event == "parallel":
+            key = (_text(r.get("library")), _text(r.get("backend")), r.get("pickles"))
+            self.parallel[key] = self.parallel.get(key, 0) + 1
+        else:
+            self.untraced.setdefault(_text(r.get("engine")), set()).add(_text(r.get("process")))
+
+    def arrays_of(self, r: Mapping[str, Any], channel: str) -> None:
+        arrays = r.get("arrays")
+        if not isinstance(arrays, list):
+            return
+        for a in arrays:
+            if not isinstance(a, dict) or "nbytes" not in a:
+                continue
+            shape = a.get("shape")
+            key = (channel, _int(a.get("nbytes")),
+                   tuple(shape) if isinstance(shape, list) else (), _text(a.get("dtype")),
+                   _text(a.get("sent_as")))
+            entry = self.arrays.setdefault(key, [0, 0, 0])
+            entry[0] += 1
+            entry[1] += _int(a.get("size"))
+            entry[2] += 1 if a.get("written") is True else 0
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {
+            "parallel": [{"library": k[0], "backend": k[1], "pickles": k[2], "calls": n}
+                         for k, n in sorted(self.parallel.items(), key=lambda kv: -kv[1])],
+            "untraced": [{"engine": e, "processes": sorted(p for p in ps if p)}
+                         for e, ps in sorted(self.untraced.items())],
+            "arrays": [{"channel": k[0], "nbytes": k[1], "shape": list(k[2]), "dtype": k[3],
+                        "sent_as": k[4], "messages": v[0], "bytes": v[1], "written": v[2]}
+                       for k, v in sorted(self.arrays.items(), key=lambda kv: -kv[0][1])],
+        }
+
+    def findings(self, combos: Dict[tuple, _Group]) -> List[Dict[str, Any]]:
+        out: List[Dict[str, Any]] = []
+        for engine in sorted(self.untraced):
+            out.append({
+                "kind": "untraced_engine",
+                "message": (f"this program used {engine}: its task traffic is not in this "
+                            "trace (it pickles and sends over its own connections, which "
+                            "tracedmp does not see); what the trace shows is only part of it"),
+                "engine": engine})
+        tasks: Dict[tuple, _Group] = {}
+        for (channel, _method, _type, names), g in combos.items():
+            if channel in _JOBLIB_TASKS:
+                what = next((n for n, _ in names if not n.startswith(_JOBLIB_MACHINERY)), "?")
+                _group(tasks, (channel, what)).merge(g)
+        for (channel, what), g in tasks.items():
+            sizes = sorted(g.sizes)
+            median = sizes[(len(sizes) - 1) // 2]
+            if g.count >= 10 and median >= 64 * 1024:
+                out.append({
+                    "kind": "joblib_large_args",
+                    "message": (f"{g.count} {channel} batches calling {what} each carried "
+                                f"{_fmt_bytes(median)} (median; {_fmt_bytes(g.bytes)} in all): "
+                                "joblib copies arguments into every batch; pass large data as "
+                                "numpy arrays (memmapped above max_nbytes), or load it in the "
+                                "workers once"),
+                    "count": g.count, "median_size": median, "bytes": g.bytes})
+            if g.count >= 1000 and median < 1024:
+                out.append({
+                    "kind": "joblib_small_batches",
+                    "message": (f"{g.count} {channel} batches of {_fmt_bytes(median)} (median) "
+                                f"calling {what}: per-message overhead dominates; let joblib "
+                                "batch (batch_size='auto', the default) or pass a larger "
+                                "batch_size to Parallel"),
+                    "count": g.count, "median_size": median})
+        for (channel, nbytes, _shape, _dtype, sent_as), v in self.arrays.items():
+            if sent_as == "copy" and nbytes >= 1024 * 1024 and v[0] >= 2:
+                out.append({
+                    "kind": "joblib_array_copied",
+                    "message": (f"an array of {_fmt_bytes(nbytes)} was copied into {v[0]} "
+                                f"{channel} messages ({_fmt_bytes(v[1])} in all): joblib "
+                                "memmaps numpy arrays above max_nbytes (1M by default) instead; "
+                                "leave max_nbytes set, or lower it"),
+                    "count": v[0], "nbytes": nbytes, "bytes": v[1]})
+        return out
+
+
+def _render_libraries(data: Dict[str, Any], add: Any) -> None:
+    if data.get("parallel"):
+        add("")
+        add("Parallel calls")
+        for p in data["parallel"]:
+            if p["pickles"] is False:
+                what = "threads or this process only: tasks and results were not pickled"
+            elif p["pickles"] is None:
+                what = "pickled through channels tracedmp does not see"
+            else:
+                what = "tasks and results pickled (above)"
+            add(f"  {p['library']} {p['backend']:16} {p['calls']:>5} call(s): {what}")
+    if data.get("arrays"):
+        add("")
+        add("Arrays joblib pickled")
+        for a in data["arrays"]:
+            if a["sent_as"] == "memmap":
+                per = a["bytes"] // max(a["messages"], 1)
+                add(f"  {_fmt_bytes(a['nbytes'])} array ({a['dtype']}): sent as a "
+                    f"{_fmt_bytes(per)} memmap reference in {a['messages']} {a['channel']} "
+                    f"message(s); file written {a['written']} time(s)")
+            else:
+                add(f"  {_fmt_bytes(a['nbytes'])} array ({a['dtype']}): copied into "
+                    f"{a['messages']} {a['channel']} message(s), {_fmt_bytes(a['bytes'])}")
+    if data.get("untraced"):
+        add("")
+        add("Not traced")
+        for u in data["untraced"]:
+            add(f"  {u['engine']}: imported by {', '.join(u['processes']) or '?'}; its task "
+                "traffic is not in this trace")

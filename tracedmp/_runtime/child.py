@@ -168,15 +168,54 @@ def patch_when_imported(name: str) -> None:
         sys.meta_path.insert(0, _Finder())
 
 
+# Library modules still being imported when tracing started (``tracedmp run`` starts it right
+# after multiprocessing's import, which may come from inside one): their integration is
+# installed at the first import that follows the end of theirs, once their names are bound.
+_finishing: list = []
+
+
+def patch_when_finished(name: str) -> None:
+    """Have the integration of library ``name``, being imported now, installed once it ran."""
+    if name not in _finishing:
+        _finishing.append(name)
+    if not any(isinstance(f, _Finder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _Finder())
+
+
 def stop_watching() -> None:
     _watched.clear()
+    del _finishing[:]
     sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _Finder)]
+
+
+def _check_finishing() -> None:
+    for name in list(_finishing):
+        module = sys.modules.get(name)
+        if module is not None and getattr(getattr(module, "__spec__", None), "_initializing",
+                                          False):
+            continue  # still running
+        _finishing.remove(name)
+        if module is not None:  # (None: its import failed)
+            _install_integration(name)
+
+
+def _install_integration(name: str) -> None:
+    integrations = sys.modules.get("tracedmp._integrations")
+    tracer = sys.modules.get("tracedmp._runtime.tracer")
+    current = getattr(tracer, "current", None)
+    if integrations is not None and current is not None:
+        try:
+            integrations.imported(name, current)
+        except Exception as exc:  # the program's import must succeed whatever happens here
+            sys.stderr.write(f"tracedmp: {name} is not traced: {exc!r}\n")
 
 
 class _Finder:
     """Finds nothing itself: wraps the real loader of a watched module."""
 
     def find_spec(self, name: str, path: "Any" = None, target: "Any" = None) -> "Any":
+        if _finishing:
+            _check_finishing()
         if name not in _watched:
             return None
         start_pending()  # before the module runs: the hooks then patch it as it is imported
@@ -213,18 +252,11 @@ class _Loader:
         if self._name not in _watched:
             return
         _watched.discard(self._name)
-        if not _watched:
+        if not _watched and not _finishing:
             stop_watching()
         if self._name in _CARRIERS:
             hooks = sys.modules.get("tracedmp._runtime.hooks")
             if hooks is not None:
                 hooks.patch_carrier(module)
             return
-        integrations = sys.modules.get("tracedmp._integrations")
-        tracer = sys.modules.get("tracedmp._runtime.tracer")
-        current = getattr(tracer, "current", None)
-        if integrations is not None and current is not None:
-            try:
-                integrations.imported(self._name, current)
-            except Exception as exc:  # the program's import must succeed whatever happens here
-                sys.stderr.write(f"tracedmp: {self._name} is not traced: {exc!r}\n")
+        _install_integration(self._name)

@@ -54,7 +54,7 @@ def activate(config: Optional[_config.Config] = None, *,
     if main:
         tracer.sink.open()  # a bad path is an error now, naming the path, not a lost trace
     _hooks.install_patches(tracer)
-    _integrations.install_all(tracer, _child.patch_when_imported)
+    _integrations.install_all(tracer, _child.patch_when_imported, _child.patch_when_finished)
     _channels.forget_call_sites()  # call sites remember templates made with earlier settings
     records = sys.modules.get("tracedmp._runtime.records")  # only if imported: see hooks
     if records is not None:

@@ -260,19 +260,22 @@ def _record_unpickle(tracer: Any, obj: Any, data: Any, duration: int, channel: s
 
 
 def record_error(tracer: Any, obj: Any, exc: BaseException, duration: int, channel: str,
-                 start_method: Optional[str], extra: Optional[dict]) -> None:
+                 start_method: Optional[str], extra: Optional[dict],
+                 pickler: Optional[str] = None, dump: Any = None) -> None:
+    """``pickler`` and ``dump``: a library's pickler (its name, and a function that pickles as
+    it does, for the failure's path) when not tracedmp's own."""
     from .diagnose import diagnose
 
     rec = _tracer.base_record("pickle_error", start_method)
     rec["channel"] = channel
     rec["type"] = type_name(obj)
-    rec["pickler"] = tracer.pickler
+    rec["pickler"] = pickler or tracer.pickler
     rec["duration_ns"] = duration
     message = str(exc)
     if len(message) > _MAX_ERROR:
         message = message[:_MAX_ERROR] + "..."
     rec["error"] = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-    path, hint = diagnose(obj, exc, tracer.pickler, channel, dump=dump_untraced)
+    path, hint = diagnose(obj, exc, rec["pickler"], channel, dump=dump or dump_untraced)
     rec["path"] = path
     rec["hint"] = hint
     if extra:

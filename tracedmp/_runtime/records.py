@@ -29,7 +29,9 @@ _MAX_CALLABLES = 64
 
 def record_pickle(tracer: Any, obj: Any, size: int, duration: int, refs: Sequence[Any],
                   by_value: Optional[set], channel: str, start_method: Optional[str],
-                  extra: Optional[dict], site: Optional[CallSite] = None) -> None:
+                  extra: Optional[dict], site: Optional[CallSite] = None,
+                  pickler: Optional[str] = None) -> None:
+    """``pickler``: the pickler's name when not tracedmp's own (a library's, e.g. loky's)."""
     if extra is None and by_value is None and len(refs) <= 2 and not tracer._processors:
         n = len(refs)
         first = refs[0] if n else None
@@ -38,7 +40,7 @@ def record_pickle(tracer: Any, obj: Any, size: int, duration: int, refs: Sequenc
         name = _mp_process._current_process._name  # type: ignore[attr-defined]
         # (dumps() has already tried the call site's last template)
         key = (channel, t, id(first), id(second), first is obj,
-               start_method or _tracer.start_method_here())
+               start_method or _tracer.start_method_here(), pickler)
         hit = _templates.get(key)
         if hit is None or hit.type is not t or hit.first is not first or hit.second is not second \
                 or hit.process is not name \
@@ -50,6 +52,8 @@ def record_pickle(tracer: Any, obj: Any, size: int, duration: int, refs: Sequenc
             tracer.sink.write(hit.line % (*ts_parts(), next(_tracer._seq), size, duration))
             return
     rec = _pickle_record(tracer, obj, channel, start_method, *_describe(obj, refs, by_value))
+    if pickler is not None:
+        rec["pickler"] = pickler
     rec["ts"] = time()
     rec["seq"] = next(_tracer._seq)
     rec["size"] = size
@@ -129,13 +133,15 @@ def forget_templates() -> None:
 
 def _add_template(key: tuple, tracer: Any, obj: Any, refs: Sequence[Any], t: type, first: Any,
                   second: Any, process: str) -> Optional[Template]:
-    channel, _, _, _, _, start_method = key
+    channel, _, _, _, _, start_method, pickler = key
     callables, kind = _describe(obj, refs, None)
     if refs:
         cached = _lists.get((id(first), id(second)))
         if cached is None or cached[2] is not callables:
             return None  # not all by reference: the dict path works the names out each time
     rec = _pickle_record(tracer, obj, channel, start_method, callables, kind)
+    if pickler is not None:
+        rec["pickler"] = pickler
     try:
         template = template_of(rec, _PICKLE_HOLES)
     except (TypeError, ValueError):  # lone surrogates in a name: the dict path escapes them
