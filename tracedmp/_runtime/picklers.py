@@ -280,9 +280,11 @@ def record_error(tracer: Any, obj: Any, exc: BaseException, duration: int, chann
     if len(message) > _MAX_ERROR:
         message = message[:_MAX_ERROR] + "..."
     rec["error"] = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-    path, hint = diagnose(obj, exc, tracer.pickler, channel, dump=dump_untraced)
+    path, hint, notes = diagnose(obj, exc, tracer.pickler, channel, dump=dump_untraced,
+                                 search=tracer.config.diagnose, failed_after_ns=duration)
     rec["path"] = path
     rec["hint"] = hint
+    rec["notes"] = notes
     if extra:
         rec.update(extra)
     tracer.emit(rec)
