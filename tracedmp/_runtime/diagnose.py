@@ -126,6 +126,13 @@ def path_from_notes(obj: Any, notes: List[str]
             else:
                 segments.append(".__getstate__()")
                 current = _UNKNOWN
+        elif what == "reconstructor arguments" and isinstance(current, types.MethodType) \
+                and k < len(parsed) and parsed[k][1].group(3) == "0":
+            # a bound method travels as getattr(its object, its name)
+            shown_items[parsed[k][0]] = "0"
+            k += 1
+            segments.append(".__self__")
+            current = current.__self__
         elif what != "object":  # "X object" only says pickle was saving an X
             segments.append(_REDUCE_PARTS[what])
             current = _UNKNOWN
