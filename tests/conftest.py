@@ -22,6 +22,7 @@ METHODS = ["fork", "spawn", "forkserver"]
 def _clean_state(monkeypatch):
     """Each test starts untraced, with default settings, and leaves no child process behind."""
     for var in ("TRACEDMP_TRACE", "TRACEDMP_PICKLER", "TRACEDMP_UNPICKLE", "TRACEDMP_CHECK_SPAWN",
+                "TRACEDMP_DIAGNOSE",
                 "TRACEDMP_AUTOSTART"):
         monkeypatch.delenv(var, raising=False)
     tracedmp.reset_config()

@@ -14,11 +14,15 @@ OURS = {
     "TracedmpError", "__version__", "configure", "get_config", "install", "is_tracing",
     "reset_config", "uninstall", "Record", "Trace", "read_trace", "summarize",
 }
-# Names that start tracing before calling the stdlib (everything else is the stdlib's object).
+# Names that start tracing before calling the stdlib: every function (the exceptions and
+# `reducer` are the stdlib's objects).
 ACTIVATING = {
     "Array", "Barrier", "BoundedSemaphore", "Condition", "Event", "JoinableQueue", "Lock",
     "Manager", "Pipe", "Pool", "Process", "Queue", "RLock", "RawArray", "RawValue", "Semaphore",
-    "SimpleQueue", "Value", "get_context",
+    "SimpleQueue", "Value", "active_children", "allow_connection_pickling", "cpu_count",
+    "current_process", "freeze_support", "get_all_start_methods", "get_context", "get_logger",
+    "get_start_method", "log_to_stderr", "parent_process", "set_executable",
+    "set_forkserver_preload", "set_start_method",
 }
 
 
@@ -57,7 +61,15 @@ def test_contexts_are_the_stdlib_contexts(monkeypatch):
         tracedmp.get_context("nonsense")
 
 
-def test_other_multiprocessing_attributes_and_submodules_forward():
+def test_activating_names_pickle_by_name():
+    import pickle
+
+    for name in ACTIVATING:
+        assert pickle.loads(pickle.dumps(getattr(tracedmp, name))) is getattr(tracedmp, name)
+
+
+def test_other_multiprocessing_attributes_and_submodules_forward(monkeypatch):
+    monkeypatch.setenv("TRACEDMP_TRACE", "off")  # reaching them starts tracing
     assert tracedmp.pool is multiprocessing.pool
     assert tracedmp.SUBDEBUG == multiprocessing.SUBDEBUG
     assert tracedmp.shared_memory.SharedMemory is __import__(
@@ -105,3 +117,72 @@ if __name__ == "__main__":
     loaded = json.loads((tmp_path / "modules.json").read_text())
     assert loaded == ["tracedmp", "tracedmp._runtime", "tracedmp._runtime.child"]
     assert run.events("process_start", pickled=True)
+
+
+USES = {
+    # import tracedmp as multiprocessing; then only a call that configures multiprocessing, and
+    # the work done through the stdlib (as tqdm's process_map or any library would)
+    "set_start_method": """
+import concurrent.futures
+import tracedmp as multiprocessing
+
+def square(x):
+    return x * x
+
+if __name__ == "__main__":
+    multiprocessing.set_start_method("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1) as ex:
+        assert list(ex.map(square, range(3))) == [0, 1, 4]
+""",
+    "managers submodule": """
+import tracedmp
+
+class Registry(tracedmp.managers.BaseManager):
+    pass
+
+Registry.register("table", callable=dict, proxytype=tracedmp.managers.DictProxy)
+
+if __name__ == "__main__":
+    with Registry() as m:
+        t = m.table()
+        t["a"] = 1
+        assert t.copy() == {"a": 1}
+""",
+    "pool submodule": """
+import tracedmp
+
+if __name__ == "__main__":
+    with tracedmp.pool.Pool(1) as pool:
+        assert pool.map(abs, [-1, -2]) == [1, 2]
+""",
+    "cpu_count": """
+import multiprocessing as plain
+import tracedmp
+
+if __name__ == "__main__":
+    n = tracedmp.cpu_count()
+    with plain.get_context("fork").Pool(1) as pool:
+        assert pool.map(abs, [-1] * n) == [1] * n
+""",
+}
+
+
+@pytest.mark.parametrize("use", sorted(USES))
+def test_any_use_through_tracedmp_starts_tracing(run_program, use):
+    run = run_program(USES[use])
+    assert run.returncode == 0, run.stderr
+    assert run.events("trace_start") and run.events("pickle"), run.records
+
+
+def test_naming_the_exceptions_starts_nothing(run_program):
+    run = run_program("""
+import tracedmp
+try:
+    raise tracedmp.TimeoutError("x")
+except (tracedmp.TimeoutError, tracedmp.ProcessError):
+    pass
+from tracedmp import *
+assert not tracedmp.is_tracing()
+""")
+    assert run.returncode == 0, run.stderr
+    assert run.records == []

@@ -9,25 +9,12 @@ and classes it names, and how long pickling took.  See https://tracedmp.readthed
 import importlib as _importlib
 import multiprocessing as _mp
 import sys as _sys
-from multiprocessing import (
+from multiprocessing import (  # the stdlib's own objects: naming them starts nothing
     AuthenticationError,
     BufferTooShort,
     ProcessError,
     TimeoutError,
-    active_children,
-    allow_connection_pickling,
-    cpu_count,
-    current_process,
-    freeze_support,
-    get_all_start_methods,
-    get_logger,
-    get_start_method,
-    log_to_stderr,
-    parent_process,
     reducer,
-    set_executable,
-    set_forkserver_preload,
-    set_start_method,
 )
 
 TYPE_CHECKING = False  # what a spawned child imports must be light: it pays at every start
@@ -53,7 +40,20 @@ if TYPE_CHECKING:
         Semaphore,
         SimpleQueue,
         Value,
+        active_children,
+        allow_connection_pickling,
+        cpu_count,
+        current_process,
+        freeze_support,
+        get_all_start_methods,
         get_context,
+        get_logger,
+        get_start_method,
+        log_to_stderr,
+        parent_process,
+        set_executable,
+        set_forkserver_preload,
+        set_start_method,
     )
     from ._errors import ConfigError, TraceFileError, TraceFormatError, TracedmpError
     from ._read.reader import Record, Trace, read_trace
@@ -136,7 +136,11 @@ _LAZY = {
     **dict.fromkeys(("Array", "Barrier", "BoundedSemaphore", "Condition", "Event",
                      "JoinableQueue", "Lock", "Manager", "Pipe", "Pool", "Process", "Queue",
                      "RLock", "RawArray", "RawValue", "Semaphore", "SimpleQueue", "Value",
-                     "get_context"), "_api"),
+                     "active_children", "allow_connection_pickling", "cpu_count",
+                     "current_process", "freeze_support", "get_all_start_methods",
+                     "get_context", "get_logger", "get_start_method", "log_to_stderr",
+                     "parent_process", "set_executable", "set_forkserver_preload",
+                     "set_start_method"), "_api"),
     "Config": "_runtime.config",
     **dict.fromkeys(("configure", "get_config", "install", "is_tracing", "reset_config",
                      "uninstall"), "_runtime.control"),
@@ -159,17 +163,22 @@ def __getattr__(name: str) -> "Any":
         globals()[name] = value
         return value
     # Whatever else multiprocessing has (SUBDEBUG, a newer Python's additions, submodules such
-    # as tracedmp.pool or tracedmp.shared_memory) is multiprocessing's own object.
+    # as tracedmp.pool, tracedmp.managers or tracedmp.shared_memory) is multiprocessing's own
+    # object, and reaching it through tracedmp is using tracedmp: tracing starts.  Not kept in
+    # globals(), so that each use after an uninstall()/install() finds tracing as it is.
+    if name.startswith("_"):
+        raise AttributeError(f"module 'tracedmp' has no attribute {name!r}")
     try:
-        return getattr(_mp, name)
+        value = getattr(_mp, name)
     except AttributeError:
-        pass
-    if not name.startswith("_"):
         try:
-            return _importlib.import_module(f"multiprocessing.{name}")
+            value = _importlib.import_module(f"multiprocessing.{name}")
         except ModuleNotFoundError:
-            pass
-    raise AttributeError(f"module 'tracedmp' has no attribute {name!r}")
+            raise AttributeError(f"module 'tracedmp' has no attribute {name!r}") from None
+    from ._api import _activate_implicitly
+
+    _activate_implicitly()
+    return value
 
 
 def __dir__() -> "list[str]":

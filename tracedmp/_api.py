@@ -1,8 +1,11 @@
 """multiprocessing's own API, with tracing started by the first use of it.
 
-Everything here is the stdlib's object, or a thin function that starts tracing (once, unless it
-is off) and then calls the stdlib's default context: same arguments, results and exceptions.
-``Process`` is the one subclass, so that ``tracedmp.Process(...).start()`` starts tracing too.
+Every function of ``multiprocessing``'s namespace is here a thin function that starts tracing
+(once, unless it is off) and then calls the stdlib's default context: same arguments, results,
+exceptions, signature and docstring, and it pickles by name as the stdlib's does.  ``Process`` is
+the one subclass, so that ``tracedmp.Process(...).start()`` starts tracing too.  Exceptions,
+``reducer`` and submodules stay the stdlib's own objects (the package's ``__getattr__`` starts
+tracing when a submodule is reached through it).
 """
 
 from __future__ import annotations
@@ -18,7 +21,10 @@ if TYPE_CHECKING:
 __all__ = [
     "Array", "Barrier", "BoundedSemaphore", "Condition", "Event", "JoinableQueue", "Lock",
     "Manager", "Pipe", "Pool", "Process", "Queue", "RLock", "RawArray", "RawValue", "Semaphore",
-    "SimpleQueue", "Value", "get_context",
+    "SimpleQueue", "Value", "active_children", "allow_connection_pickling", "cpu_count",
+    "current_process", "freeze_support", "get_all_start_methods", "get_context", "get_logger",
+    "get_start_method", "log_to_stderr", "parent_process", "set_executable",
+    "set_forkserver_preload", "set_start_method",
 ]
 
 
@@ -41,6 +47,7 @@ def _activating(name: str) -> Callable[..., Any]:
         return getattr(_context._default_context, name)(*args, **kwargs)
 
     call.__module__ = "tracedmp"
+    call.__qualname__ = name  # pickled by name as tracedmp.<name>, not BaseContext.<name>
     return call
 
 
@@ -71,4 +78,17 @@ RawValue = _activating("RawValue")
 Semaphore = _activating("Semaphore")
 SimpleQueue = _activating("SimpleQueue")
 Value = _activating("Value")
+active_children = _activating("active_children")
+allow_connection_pickling = _activating("allow_connection_pickling")
+cpu_count = _activating("cpu_count")
+current_process = _activating("current_process")
+freeze_support = _activating("freeze_support")
+get_all_start_methods = _activating("get_all_start_methods")
 get_context = _activating("get_context")
+get_logger = _activating("get_logger")
+get_start_method = _activating("get_start_method")
+log_to_stderr = _activating("log_to_stderr")
+parent_process = _activating("parent_process")
+set_executable = _activating("set_executable")
+set_forkserver_preload = _activating("set_forkserver_preload")
+set_start_method = _activating("set_start_method")

@@ -149,6 +149,7 @@ def attach(process_obj: "Any", config: "Any") -> None:
         "pickler": config.pickler,
         "unpickle": config.unpickle,
         "check_spawn": config.check_spawn,
+        "diagnose": config.diagnose,
     }
     process_obj._config[KEY] = ChildSettings(settings)
 

@@ -25,6 +25,7 @@ ENV_TRACE = "TRACEDMP_TRACE"
 ENV_PICKLER = "TRACEDMP_PICKLER"
 ENV_UNPICKLE = "TRACEDMP_UNPICKLE"
 ENV_CHECK_SPAWN = "TRACEDMP_CHECK_SPAWN"
+ENV_DIAGNOSE = "TRACEDMP_DIAGNOSE"
 _OFF = {"off", "0", "false", "no", "none", ""}
 _ON = {"1", "true", "yes", "on"}
 
@@ -35,19 +36,20 @@ class Config:
     starts when no path was chosen (a default file in the working directory is then used).
     """
 
-    __slots__ = ("trace", "pickler", "unpickle", "check_spawn", "processors")
+    __slots__ = ("trace", "pickler", "unpickle", "check_spawn", "processors", "diagnose")
 
     trace: Union[str, bool, None]
     pickler: str
     unpickle: bool
     check_spawn: bool
+    diagnose: bool
     processors: Tuple[Processor, ...]
 
     def __init__(self, trace: Union[str, bool, None] = None, pickler: str = "pickle",
                  unpickle: bool = False, check_spawn: bool = False,
-                 processors: Tuple[Processor, ...] = ()) -> None:
+                 processors: Tuple[Processor, ...] = (), diagnose: bool = True) -> None:
         for name, value in zip(self.__slots__, (trace, pickler, unpickle, check_spawn,
-                                                processors)):
+                                                processors, diagnose)):
             object.__setattr__(self, name, value)
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -92,6 +94,8 @@ def resolve() -> Config:
         cfg = cfg.replace(unpickle=_env_bool(env[ENV_UNPICKLE], ENV_UNPICKLE))
     if ENV_CHECK_SPAWN in env:
         cfg = cfg.replace(check_spawn=_env_bool(env[ENV_CHECK_SPAWN], ENV_CHECK_SPAWN))
+    if ENV_DIAGNOSE in env:
+        cfg = cfg.replace(diagnose=_env_bool(env[ENV_DIAGNOSE], ENV_DIAGNOSE))
     return cfg.replace(**_explicit)
 
 

@@ -152,6 +152,7 @@ def configure(
     unpickle: bool = _UNSET,
     check_spawn: bool = _UNSET,
     processors: Optional[Sequence[Processor]] = _UNSET,
+    diagnose: bool = _UNSET,
 ) -> None:
     """Set tracing options; arguments left out keep their current setting.
 
@@ -162,6 +163,9 @@ def configure(
     - ``check_spawn``: for processes started with fork, record whether their target and args
       would pickle, as spawn and forkserver need.
     - ``processors``: structlog processors run on every record before it is written.
+    - ``diagnose``: after a pickling failure, search for the path to the failing part by
+      pickling parts of the object again (Pythons before 3.14, which do not say it; this runs
+      the program's reducers again, within a budget). ``False``: no search.
 
     Giving a path as ``trace`` starts tracing at once; other changes apply to tracing that is
     already running and are used when it starts.
@@ -177,6 +181,8 @@ def configure(
         new["check_spawn"] = _config.check_bool(check_spawn, "check_spawn")
     if processors is not _UNSET:
         new["processors"] = _config.check_processors(processors)
+    if diagnose is not _UNSET:
+        new["diagnose"] = _config.check_bool(diagnose, "diagnose")
     _config._explicit.clear()
     _config._explicit.update({k: v for k, v in new.items() if v is not None})
     reconfigure(start=isinstance(new.get("trace"), str))

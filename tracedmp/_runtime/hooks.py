@@ -21,6 +21,7 @@ import threading
 import types
 from multiprocessing import process as _mp_process
 from time import perf_counter_ns, time, time_ns
+from weakref import ref as _ref
 
 from . import child as _child
 from . import tracer as _tracer
@@ -225,8 +226,9 @@ def _popen_hook(original: Any, method: str) -> Any:
 # process_start templates, by the target (or the Process subclass whose run() is overridden) and
 # the start method: most programs start many children of one kind, and building a record for each
 # start wrote to ~45 pages that the previous fork had made copy-on-write.  The child's name is a
-# hole.  Only targets that are functions or classes are cached (a bound method is new each time,
-# and would keep its object alive); the parent's pid is in the templates, so a forked child
+# hole.  Only targets that are functions or classes are cached (a bound method is new each
+# time), and weakly: a closure or lambda target must not stay alive with all it holds (40 starts
+# of a closure over 50 MB kept 2 GB).  The parent's pid is in the templates, so a forked child
 # starts with none.
 _start_templates: Dict[Tuple[int, str], Tuple[Any, str, bytes]] = {}
 _START_HOLES = {"seq": b"%d", "child": b"%b", "child_pid": b"%d", "size": b"%b",
@@ -264,15 +266,17 @@ def _start_record(tracer: Any, process_obj: Any, launch: _Launch,
         name = _mp_process._current_process._name  # type: ignore[attr-defined]
         key = (id(who), launch.method)
         hit = _start_templates.get(key)
-        if hit is None or hit[0] is not who or hit[1] is not name:
+        if hit is None or hit[0]() is not who or hit[1] is not name:
             from .render import TS_HOLE, template_of
 
             rec = _start_rec(tracer, process_obj, launch, pickled)
             try:
-                hit = (who, name, template_of(rec, {"ts": TS_HOLE, **_START_HOLES}))
+                template = template_of(rec, {"ts": TS_HOLE, **_START_HOLES})
             except (TypeError, ValueError):  # the dict path renders what a template cannot
                 return rec, None
+            hit = (None, name, template)  # used once: not cached
             if type(who) in _CACHED_TARGETS or isinstance(who, type):
+                hit = (_ref(who), name, template)
                 if len(_start_templates) >= 256:
                     _start_templates.clear()
                 _start_templates[key] = hit

@@ -22,6 +22,7 @@ from multiprocessing import process as _mp_process
 from multiprocessing.context import _default_context
 from multiprocessing.reduction import ForkingPickler
 from time import perf_counter_ns, time_ns
+from weakref import ref as _ref
 
 from . import tracer as _tracer
 from .channels import attribute, carrier_channel, receiver_channel
@@ -89,17 +90,23 @@ class _Traced:
             site = attribute(sys._getframe(1))
             hit = site.template
             refs = pickler._tracedmp_refs
-            if hit is not None and pickler._tracedmp_by_value is None \
-                    and (refs is None or len(refs) <= 2):
-                first = refs[0] if refs else None
-                second = refs[1] if refs and len(refs) == 2 else None
-                if (hit.type is type(obj) and hit.first is first and hit.second is second
+            n = 0 if refs is None else len(refs)
+            if hit is not None and pickler._tracedmp_by_value is None and n <= 2:
+                # Template.fits(), inline; the type and callables are weak references unless
+                # built in (a weak reference only when needed: each costs a call).
+                # (a weak reference read from a slot into a local first: calling hit.x()
+                # would look x up as a method, ~100 instructions more each)
+                t = type(obj)
+                type_ref, first_ref, second_ref = hit.type_ref, hit.first_ref, hit.second_ref
+                if ((hit.static_type is t or type_ref is not None and type_ref() is t)
+                        and hit.n == n and (n == 0 or first_ref() is refs[0])
+                        and (n < 2 or second_ref() is refs[1])
                         and hit.process is _mp_process._current_process._name  # type: ignore[attr-defined]
-                        and hit.first_is_obj is (first is obj)
+                        and hit.first_is_obj is (n > 0 and refs[0] is obj)
                         and hit.context is _default_context._actual_context):  # type: ignore[attr-defined]
                     seconds, micros = divmod(time_ns() // 1000, 1_000_000)  # ts_parts(), inline
                     tracer.sink.write(hit.line % (seconds, micros, next(_tracer._seq), len(view),
-                                                duration))
+                                                  duration))
                     return view
             record_pickle(tracer, obj, len(view), duration, refs or _NO_REFS,
                           pickler._tracedmp_by_value, site.channel, site.start_method, None,
@@ -197,14 +204,15 @@ def _cloud_class() -> type:
             # answer is remembered while no module is registered for pickling by value.
             if not by_value_modules:
                 known = _by_reference.get(id(obj))
-                if known is obj:
+                if known is not None and known() is obj:
                     return NotImplemented
             reduced = base.reducer_override(self, obj)
             if reduced is NotImplemented:
                 if not by_value_modules and isinstance(obj, _CACHEABLE):
                     if len(_by_reference) >= _ENTRIES_LIMIT:
                         _by_reference.clear()
-                    _by_reference[id(obj)] = obj  # importable by name: alive in its module
+                    # held weakly: a module can drop what it defined
+                    _by_reference[id(obj)] = _ref(obj)
             elif not (is_class and obj.__module__ == "builtins"):
                 # by value, unless it only names a builtin type (types.CodeType and the like,
                 # which the child looks up by name)
@@ -275,9 +283,11 @@ def record_error(tracer: Any, obj: Any, exc: BaseException, duration: int, chann
     if len(message) > _MAX_ERROR:
         message = message[:_MAX_ERROR] + "..."
     rec["error"] = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-    path, hint = diagnose(obj, exc, rec["pickler"], channel, dump=dump or dump_untraced)
+    path, hint, notes = diagnose(obj, exc, rec["pickler"], channel, dump=dump or dump_untraced,
+                                 search=tracer.config.diagnose, failed_after_ns=duration)
     rec["path"] = path
     rec["hint"] = hint
+    rec["notes"] = notes
     if extra:
         rec.update(extra)
     tracer.emit(rec)

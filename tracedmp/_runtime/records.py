@@ -11,6 +11,7 @@ import types
 from multiprocessing import process as _mp_process
 from multiprocessing.context import _default_context
 from time import time
+from weakref import ref as _ref
 
 from . import tracer as _tracer
 from .render import TS_HOLE, template_of, ts_parts
@@ -22,9 +23,51 @@ if TYPE_CHECKING:
 
     from .channels import CallSite
 
-__all__ = ["forget_templates", "qualified_name", "record_pickle", "type_name"]
+__all__ = ["Template", "forget_templates", "qualified_name", "record_pickle", "type_name"]
 
 _MAX_CALLABLES = 64
+
+
+# Every cache here holds the program's functions and classes by weak reference and is keyed by
+# their ids (an id can be reused once its object is gone: the weak reference tells), so a cache
+# never keeps alive a closure, a lambda or a class the program made at run time, nor whatever
+# they hold.  Only types built into the interpreter (static types: tuple, dict...), which live
+# as long as it does, are held as they are.  A weak reference costs ~250 machine instructions
+# to check, ~0.5% of a traced Pool task's pickle.
+_HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made by a class statement or type()
+
+
+class Template:
+    """A pickle record rendered but for ts, seq, size and duration_ns (``line``, %-format
+    holes), and what it was made for, checked before it is used again: the pickled object's
+    type, the first two functions or classes it named (weakly, but built-in types), how many it
+    named, the process's name, whether the object itself was the first, and the default context
+    the start method was read under."""
+
+    __slots__ = ("static_type", "type_ref", "n", "first_ref", "second_ref", "line", "process",
+                 "first_is_obj", "context")
+
+    def __init__(self, t: type, refs: Sequence[Any], line: bytes, process: str,
+                 first_is_obj: bool, context: Any) -> None:
+        heap = t.__flags__ & _HEAPTYPE
+        self.static_type = None if heap else t
+        self.type_ref = _ref(t) if heap else None
+        self.n = len(refs)
+        self.first_ref = _ref(refs[0]) if refs else None
+        self.second_ref = _ref(refs[1]) if len(refs) == 2 else None
+        self.line = line
+        self.process = process
+        self.first_is_obj = first_is_obj
+        self.context = context
+
+    def fits(self, t: type, refs: Sequence[Any], first_is_obj: bool, process: str) -> bool:
+        """Whether a pickle of a ``t`` that named ``refs`` has this record (dumps() inlines it)."""
+        n = len(refs)
+        return ((self.static_type is t or self.type_ref is not None and self.type_ref() is t)
+                and self.n == n and (n == 0 or self.first_ref() is refs[0])  # type: ignore[misc]
+                and (n < 2 or self.second_ref() is refs[1])  # type: ignore[misc]
+                and self.first_is_obj is first_is_obj and self.process is process
+                and self.context is _default_context._actual_context)  # type: ignore[attr-defined]
 
 
 def record_pickle(tracer: Any, obj: Any, size: int, duration: int, refs: Sequence[Any],
@@ -39,12 +82,10 @@ def record_pickle(tracer: Any, obj: Any, size: int, duration: int, refs: Sequenc
         t = type(obj)
         name = _mp_process._current_process._name  # type: ignore[attr-defined]
         # (dumps() has already tried the call site's last template)
-        key = (channel, t, id(first), id(second), first is obj,
+        key = (channel, id(t), id(first), id(second), first is obj,
                start_method or _tracer.start_method_here(), pickler)
         hit = _templates.get(key)
-        if hit is None or hit.type is not t or hit.first is not first or hit.second is not second \
-                or hit.process is not name \
-                or hit.context is not _default_context._actual_context:  # type: ignore[attr-defined]
+        if hit is None or not hit.fits(t, refs, first is obj, name):
             hit = _add_template(key, tracer, obj, refs, t, first, second, name)
         if site is not None:
             site.template = hit  # a site sends the same kind of message again
@@ -103,25 +144,6 @@ def _describe(obj: Any, refs: Sequence[Any], by_value: Optional[set]) -> Tuple[l
 # The pid is baked into the templates: a forked child starts with none (forget_templates).
 # So is the start method: a template also holds the default context it was made under, and a
 # main process that changes its start method (set_start_method(force=True)) makes new ones.
-class Template:
-    """A pickle record rendered but for ts, seq, size and duration_ns (``line``, %-format
-    holes), and what it was made for, checked by identity before it is used again: the pickled
-    object's type, the first two functions or classes it named, the process's name, whether the
-    object itself was the first, and the default context the start method was read under."""
-
-    __slots__ = ("type", "first", "second", "line", "process", "first_is_obj", "context")
-
-    def __init__(self, type: type, first: Any, second: Any, line: bytes, process: str,
-                 first_is_obj: bool, context: Any) -> None:
-        self.type = type
-        self.first = first
-        self.second = second
-        self.line = line
-        self.process = process
-        self.first_is_obj = first_is_obj
-        self.context = context
-
-
 _templates: Dict[tuple, Template] = {}
 _PICKLE_HOLES = {"ts": TS_HOLE, "seq": b"%d", "size": b"%d", "duration_ns": b"%d"}
 
@@ -148,28 +170,29 @@ def _add_template(key: tuple, tracer: Any, obj: Any, refs: Sequence[Any], t: typ
         return None
     if len(_templates) >= _ENTRIES_LIMIT:
         _templates.clear()
-    hit = _templates[key] = Template(t, first, second, template, process, first is obj,
+    hit = _templates[key] = Template(t, refs, template, process, first is obj,
                                      _default_context._actual_context)  # type: ignore[attr-defined]
     return hit
 
 
-# Names of the types pickled, by type; bounded (dynamically created types come and go).
-_type_names: Dict[type, str] = {}
+# Names of the types pickled, by the type's id; bounded (dynamically created types come and go).
+_type_names: Dict[int, Tuple[Any, str]] = {}
 
 
 def type_name(obj: Any) -> str:
     t = type(obj)
-    name = _type_names.get(t)
-    if name is None:
-        name = f"{t.__module__}.{t.__qualname__}"
-        if len(_type_names) >= _ENTRIES_LIMIT:
-            _type_names.clear()
-        _type_names[t] = name
+    hit = _type_names.get(id(t))
+    if hit is not None and hit[0]() is t:
+        return hit[1]
+    name = f"{t.__module__}.{t.__qualname__}"
+    if len(_type_names) >= _ENTRIES_LIMIT:
+        _type_names.clear()
+    _type_names[id(t)] = (_ref(t), name)
     return name
 
 
-# Entries for functions and classes that travel by reference.  Such objects are importable by
-# name, so their module keeps them alive anyway: holding them here costs no memory.  Bounded.
+# Entries for functions and classes that travel by reference (importable by name, but a module
+# can drop them too: held weakly).  Bounded.
 _entries: Dict[int, Tuple[Any, Dict[str, str]]] = {}
 
 
@@ -181,19 +204,19 @@ _CACHEABLE = (types.FunctionType, types.BuiltinFunctionType, type)
 
 def _entry(obj: Any, by_value: Optional[set]) -> Dict[str, str]:
     cached = _entries.get(id(obj))
-    if cached is not None and cached[0] is obj:
+    if cached is not None and cached[0]() is obj:
         return cached[1]
     kind = _kind(obj, by_value)
     entry = {"name": qualified_name(obj), "kind": kind}
     if kind == "reference" and isinstance(obj, _CACHEABLE):
         if len(_entries) >= _ENTRIES_LIMIT:
             _entries.clear()
-        _entries[id(obj)] = (obj, entry)
+        _entries[id(obj)] = (_ref(obj), entry)
     return entry
 
 
 # Whole callables lists for the usual one or two by-reference objects (a Pool task names
-# mapstar and the user's function), checked by identity.
+# mapstar and the user's function), checked by identity; held weakly.
 _lists: Dict[Tuple[int, ...], Tuple[Any, Any, list]] = {}
 
 
@@ -204,14 +227,14 @@ def _callables(refs: Sequence[Any], by_value: Optional[set]) -> list:
         second = refs[1] if n == 2 else None
         key = (id(first), id(second))
         hit = _lists.get(key)
-        if hit is not None and hit[0] is first and hit[1] is second:
+        if hit is not None and hit[0]() is first and (n == 1 or hit[1]() is second):
             return hit[2]
         entries = _dedupe(refs, None)
         if all(isinstance(o, _CACHEABLE) and e["kind"] == "reference"
                for o, e in zip(refs, entries)) and len(entries) == n:
             if len(_lists) >= _ENTRIES_LIMIT:
                 _lists.clear()
-            _lists[key] = (first, second, entries)
+            _lists[key] = (_ref(first), _ref(second) if n == 2 else None, entries)
         return entries
     return _dedupe(refs, by_value)
 
