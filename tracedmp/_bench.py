@@ -184,7 +184,7 @@ def check_payload(payload: Any, source: str) -> bytes:
         from ._runtime.diagnose import diagnose
         from ._runtime.picklers import dump_untraced
 
-        path, hint = diagnose(payload, exc, "pickle", dump=dump_untraced)
+        path, hint, _ = diagnose(payload, exc, "pickle", dump=dump_untraced)
         where = f" at {path}" if path else ""
         raise TracedmpError(f"{source!r}: multiprocessing cannot pickle the payload{where}: "
                             f"{type(exc).__name__}: {exc}; {hint}") from None

@@ -150,7 +150,7 @@ def _explain(args: argparse.Namespace) -> int:
             from ._runtime.diagnose import diagnose
             from ._runtime.picklers import dump_untraced
 
-            path, hint = diagnose(obj, exc, args.pickler, dump=dump_untraced)
+            path, hint, _ = diagnose(obj, exc, args.pickler, dump=dump_untraced)
             where = f" at {path}" if path else ""
             raise TracedmpError(f"{args.target!r} cannot be pickled{where}: "
                                 f"{type(exc).__name__}: {exc}; {hint}") from None
