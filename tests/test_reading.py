@@ -117,7 +117,10 @@ def test_timeline_is_chrome_trace_json(real_trace, tmp_path):
 @pytest.mark.parametrize("content, message", [
     (None, "no such trace file"),
     (b"", "no records (an empty trace"),
-    (b'{"v":1,"event":"pickle"}\nnot json at all\n', ":2: not a JSON line ('not json at all')"),
+    (b'not json at all\n{"v":1,"event":"pickle"}\n', ":1: not a JSON line ('not json at all')"),
+    (b'\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR', ":1: not a JSON line ("),
+    (b'{"a": 1}\n{"v":1,"event":"pickle"}\n', ":1: not a tracedmp record ('{\"a\": 1}')"),
+    (b"[" * 100_000 + b"]" * 100_000 + b"\n", ":1: nested more than 64 levels deep"),
     (b'[1, 2]\n', ":1: not a tracedmp record"),
     (b'{"v":7,"event":"pickle"}\n', ":1: record format v7 is newer than this tracedmp reads"),
 ])
@@ -144,7 +147,7 @@ def test_truncated_last_line_is_reported_not_fatal(tmp_path, real_trace):
     assert len(records) == len(data.splitlines())
     proc = cli("report", str(path))
     assert proc.returncode == 0
-    assert "was cut short" in proc.stdout and "last line cut short" in proc.stderr
+    assert "1 record cut off" in proc.stdout and "1 record cut off" in proc.stderr
 
 
 def test_reader_never_unpickles(tmp_path):
@@ -260,6 +263,8 @@ def test_odd_but_valid_records_never_crash_the_cli(tmp_path):
         (tmp_path / "deep.pkl").write_bytes(pickle._dumps(deep))
     finally:
         sys.setrecursionlimit(limit)
-    proc = cli("explain", str(tmp_path / "deep.pkl"))
+    proc = cli("explain", str(tmp_path / "deep.pkl"))  # the tree shows the first levels
+    assert proc.returncode == 0 and "1 more objects" in proc.stdout, proc.stderr
+    proc = cli("explain", "--json", str(tmp_path / "deep.pkl"))
     assert proc.returncode == 2 and "nests too deeply" in proc.stderr
     assert "Traceback" not in proc.stderr
