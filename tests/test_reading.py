@@ -268,3 +268,114 @@ def test_odd_but_valid_records_never_crash_the_cli(tmp_path):
     proc = cli("explain", "--json", str(tmp_path / "deep.pkl"))
     assert proc.returncode == 2 and "nests too deeply" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# Hostile or odd input (issue #12, item 7): a clean answer, never a traceback.
+
+def test_a_deep_array_a_huge_ts_and_a_lone_surrogate_are_handled(tmp_path):
+    path = tmp_path / "odd.jsonl"
+    path.write_bytes(
+        b'{"v":1,"event":"pickle","pid":1,"ts":1.0,"seq":0,"size":5}\n'
+        + b"[" * 100_000 + b"]" * 100_000 + b"\n"  # not a record: skipped, counted
+        + b'{"v":1,"event":"pickle","pid":1,"seq":1,"ts":' + b"9" * 400 + b"}\n"
+        + b'{"v":1,"event":"pickle","pid":1,"seq":2,"ts":2.0,"process":"\\ud800x",'
+          b'"type":"bad\\udfffname","channel":"pipe","size":3}\n')
+    trace = read_trace(path)
+    records = list(trace)
+    assert [r.seq for r in records] == [0, 1, 2]
+    assert trace.skipped_count == 1 and trace.skipped[0].line == 2
+    assert trace.skipped[0].reason == "not_a_record" and trace.cut_count == 0
+    env = dict(os.environ, PYTHONIOENCODING="utf-8")  # a terminal's encoding, strict
+    report = subprocess.run([sys.executable, "-m", "tracedmp", "report", str(path)], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert report.returncode == 0 and "Traceback" not in report.stderr, report.stderr
+    assert "over 1.000 s" in report.stdout  # the 400-digit ts is no time at all
+    assert "bad\\udfffname" in report.stdout
+    assert "1 line that is not a record skipped: line 2" in report.stdout
+    data = json.loads(cli("report", "--json", str(path)).stdout)
+    assert data["lost"]["not_records"] == 1 and data["lost"]["other_lines"] == [2]
+    out = tmp_path / "tl.json"
+    timeline = cli("timeline", str(path), "-o", str(out))
+    assert timeline.returncode == 0 and "Traceback" not in timeline.stderr, timeline.stderr
+    events = json.loads(out.read_text())["traceEvents"]
+    assert [e["ts"] for e in events if e["ph"] == "X"] == [1e6, 2e6]  # the 400 digits: no ts
+
+
+def test_terminal_escapes_in_a_trace_are_shown_escaped(tmp_path):
+    path = tmp_path / "esc.jsonl"
+    evil = "\x1b]0;owned\x07\x1b[2J\r\u202e"
+    path.write_text(json.dumps({
+        "v": 1, "event": "pickle_error", "pid": 1, "ts": 1.0, "seq": 0, "process": evil,
+        "channel": "pipe" + evil, "type": "T" + evil, "error": "E: " + evil + "\nforged line",
+        "path": evil, "hint": evil}) + "\n" + json.dumps({
+        "v": 1, "event": "pickle", "pid": 1, "ts": 2.0, "seq": 1, "process": evil,
+        "channel": "pipe", "type": evil, "size": 10,
+        "callables": [{"name": evil, "kind": "value"}] * 10}) + "\n")
+    for args in (("report", str(path)), ("report", "--json", str(path)),
+                 ("timeline", str(path), "-o", str(tmp_path / "tl.json"))):
+        proc = cli(*args)
+        assert proc.returncode == 0, proc.stderr
+        for text in (proc.stdout, proc.stderr):
+            assert not any(c in text for c in "\x1b\x07\r\u202e"), (args, text)
+    report = cli("report", str(path)).stdout
+    assert "\\x1b]0;owned\\x07\\x1b[2J\\x0d\\u202e" in report
+    assert "\nforged line" not in report and "\\x0aforged line" in report
+    # A trace path with an escape in it: the error line escapes it too.
+    proc = cli("report", str(tmp_path / "no\x1b[31mfile.jsonl"))
+    assert proc.returncode == 2 and "\x1b" not in proc.stderr and "\\x1b[31m" in proc.stderr
+
+
+def test_explain_counts_shared_objects_once_and_stays_linear():
+    import pickletools
+    import time
+
+    # DUP, TUPLE2 forty times: 2**40 objects if each use were a copy; 84 bytes of pickle.
+    data = b"\x80\x02N" + b"2\x86" * 40 + b"."
+    assert len(data) == 84
+    start = time.perf_counter()
+    node = explain_bytes(data)
+    text = render_tree(node, depth=100)
+    assert time.perf_counter() - start < 2
+    assert node.size == len(data)
+    assert text.count("(same ") == 40  # each reuse shown once, as a reference to the first
+    assert len(text.splitlines()) == 81
+    assert len(node.as_dict()["children"]) == 2
+    # Memo lookups the same: a thousand uses of one big string count its bytes once.
+    import pickle
+
+    big = "x" * 10_000
+    data = pickle.dumps([big] * 1000, protocol=4)
+    node = explain_bytes(data)
+    assert node.size == len(data) < 20_000
+    assert sum(1 for _ in pickletools.genops(data)) >= len(render_tree(node, width=5000)
+                                                       .splitlines())
+
+
+def test_explain_names_from_a_pickle_are_escaped():
+    data = b"\x80\x02c\x1b[2Jevil\nname\x1b]0;x\x07\nq\x00."
+    text = render_tree(explain_bytes(data))
+    assert "\x1b" not in text and "\x07" not in text
+    assert "\\x1b[2Jevil.name\\x1b]0;x\\x07" in text
+
+
+@pytest.mark.parametrize("target", ["missing.pkl", "results.pickle", "sub/missing",
+                                    "data.bin"])
+def test_explain_a_missing_file_never_imports_a_module(tmp_path, target):
+    module = target.split("/")[0].split(".")[0]
+    (tmp_path / f"{module}.py").write_text(
+        "import pathlib\npathlib.Path('imported').write_text('yes')\n")
+    proc = cli("explain", target, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith(f"tracedmp: error: {target}: No such file")
+    assert proc.stderr.count("\n") == 1
+    assert not (tmp_path / "imported").exists()
+
+
+def test_explain_a_file_without_a_suffix_and_an_expression_that_looks_like_one(tmp_path):
+    import pickle
+
+    (tmp_path / "saved").write_bytes(pickle.dumps({"a": 1}))  # exists: a file
+    proc = cli("explain", "saved", cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.startswith("dict"), proc.stderr
+    proc = cli("explain", "--expr", "[1 / 2]", cwd=tmp_path)  # has a "/": --expr says
+    assert proc.returncode == 0 and "0.5" in proc.stdout, proc.stderr
