@@ -120,7 +120,7 @@ def test_timeline_is_chrome_trace_json(real_trace, tmp_path):
     (b'not json at all\n{"v":1,"event":"pickle"}\n', ":1: not a JSON line ('not json at all')"),
     (b'\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR', ":1: not a JSON line ("),
     (b'{"a": 1}\n{"v":1,"event":"pickle"}\n', ":1: not a tracedmp record ('{\"a\": 1}')"),
-    (b"[" * 100_000 + b"]" * 100_000 + b"\n", ":1: nested more than 64 levels deep"),
+    (b"[" * 100_000 + b"]" * 100_000 + b"\n", ":1: nested more than 200 levels deep"),
     (b'[1, 2]\n', ":1: not a tracedmp record"),
     (b'{"v":7,"event":"pickle"}\n', ":1: record format v7 is newer than this tracedmp reads"),
 ])

@@ -272,8 +272,8 @@ def _call(func: Node, args: Node, n: int) -> Node:
     ref = func.ref or ""
     if ref.startswith("cloudpickle.") and ref.endswith("._builtin_type") and args.children:
         # cloudpickle's way to name a type pickle cannot import, e.g. types.CodeType.
-        node = Node("cloud_type", f"types.{_short(_text(args.children[0]))}", n + func.size + args.size,
-                    by="reference")
+        node = Node("cloud_type", f"types.{_short(_text(args.children[0]))}",
+                    n + func.size + args.size, by="reference")
         return node
     if func.kind == "cloud_type":
         what = "code object: bytecode, constants and names" if func.label == "types.CodeType" \

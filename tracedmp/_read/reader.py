@@ -32,8 +32,8 @@ except ImportError:  # pragma: no cover
 __all__ = ["MissingRecords", "Record", "SkippedLine", "Trace", "printable", "read_trace"]
 
 # Records nest three levels (record, callables, entry); anything much deeper is not a record,
-# and would make every consumer that walks it (json.dumps, repr) recurse.
-MAX_DEPTH = 64
+# and would make every consumer that walks it (json.dumps, repr) recurse towards its limit.
+MAX_DEPTH = 200
 SKIPPED_KEPT = 1000  # SkippedLine entries kept; trace.skipped_count counts them all
 _RANGES_KEPT = 20  # missing seq ranges listed per process (all are counted)
 _RUNS_LIMIT = 10_000  # seq runs followed per process before giving up on a scattered one
@@ -113,7 +113,7 @@ class _Seqs:
     pid (pids are reused); the old one's numbers are kept aside in ``earlier``.
     """
 
-    __slots__ = ("lo", "next", "runs", "earlier", "process", "cut", "last_cut", "scattered")
+    __slots__ = ("lo", "next", "runs", "earlier", "process", "cut", "cut_mark", "scattered")
 
     def __init__(self, process: str) -> None:
         self.lo = -1  # the current (highest) run is lo .. next-1; -1: nothing seen yet
@@ -122,7 +122,9 @@ class _Seqs:
         self.earlier: List["_Seqs"] = []  # previous processes that had this pid
         self.process = process
         self.cut = 0
-        self.last_cut = False
+        # ``next`` when a cut record was last seen (-2: none since the last whole record): if
+        # nothing moved it since, the last thing this process wrote was cut off.
+        self.cut_mark = -2
         self.scattered = False
 
     def add(self, seq: int) -> None:
@@ -165,16 +167,17 @@ class _Seqs:
 
     def _new_process(self, seq: int) -> None:
         old = _Seqs(self.process)
-        old.lo, old.next, old.runs, old.cut, old.last_cut, old.scattered = (
-            self.lo, self.next, self.runs, self.cut, self.last_cut, self.scattered)
+        old.lo, old.next, old.runs, old.cut, old.cut_mark, old.scattered = (
+            self.lo, self.next, self.runs, self.cut, self.cut_mark, self.scattered)
         self.earlier.append(old)
         self.lo, self.next, self.runs = seq, seq + 1, []
-        self.cut, self.last_cut = 0, False
+        self.cut, self.cut_mark = 0, -2
 
     def missing(self, pid: int) -> List[MissingRecords]:
         out = [m for old in self.earlier for m in old.missing(pid)]
+        tail_lost = self.cut_mark == self.next
         if self.scattered:
-            out.append(MissingRecords(pid, self.process, 0, [], self.cut, self.last_cut, True))
+            out.append(MissingRecords(pid, self.process, 0, [], self.cut, tail_lost, True))
             return out
         gaps: List[Tuple[int, int]] = []
         count = 0
@@ -186,8 +189,8 @@ class _Seqs:
                 if len(gaps) < _RANGES_KEPT:
                     gaps.append((edge, first - 1))
             edge = last + 1
-        if count or self.cut or self.last_cut:
-            out.append(MissingRecords(pid, self.process, count, gaps, self.cut, self.last_cut))
+        if count or self.cut:
+            out.append(MissingRecords(pid, self.process, count, gaps, self.cut, tail_lost))
         return out
 
 
@@ -247,14 +250,13 @@ class Trace:
             for number, line in enumerate(f, 1):  # noqa: B007
                 try:
                     data = loads(line)
-                    ok = type(data) is dict and "event" in data and (
-                        version_ok is None or data.get("v") == version_ok)
-                    if ok and (line.count(b"[") + line.count(b"{") > MAX_DEPTH
-                               and _depth(data) > MAX_DEPTH):
-                        ok = False
+                    if type(data) is not dict or "event" not in data or (
+                            version_ok is not None and data.get("v") != version_ok):
+                        raise ValueError
+                    # Nesting deeper than MAX_DEPTH takes twice as many bytes: a long line only.
+                    if len(line) > 2 * MAX_DEPTH and _depth(data) > MAX_DEPTH:
+                        raise ValueError
                 except ValueError:
-                    ok = False
-                if not ok:
                     # The rare lines: blank, padded, cut, glued, deep, foreign, another version.
                     self._odd_lines += 1
                     for data in self._slow_line(line, number, trusted):
@@ -265,14 +267,16 @@ class Trace:
                     continue
                 trusted = True
                 # Follow the writer's seq numbers (inlined: this runs for every record).
-                seq = data.get("seq")
-                pid = data.get("pid")
-                entry = seqs.get(pid) if type(pid) is int else None
-                if entry is not None and seq == entry.next and type(seq) is int:
-                    entry.next = seq + 1
-                    entry.last_cut = False
-                else:
+                try:
+                    entry = seqs[data["pid"]]
+                except (KeyError, TypeError):  # a new process, or no pid that can be one
                     self._count_seq(data)
+                else:
+                    seq = data.get("seq")
+                    if seq == entry.next and type(seq) is int:
+                        entry.next = seq + 1
+                    else:
+                        self._count_seq(data)
                 yield data
             self.lines = number
         self.records = number - self._odd_lines + self._odd_records
@@ -285,7 +289,7 @@ class Trace:
         entry = self._seqs.get(pid)
         if entry is None:
             entry = self._seqs[pid] = _Seqs(_name(data.get("process")))
-        entry.last_cut = False
+        entry.cut_mark = -2
         if seq == entry.next:
             entry.next = seq + 1
         else:
@@ -303,13 +307,16 @@ class Trace:
         # A record starting later in the line: what comes before it is one or more records
         # that processes left unfinished (each later write lands right after the cut).
         tail = None
-        pieces = [(text, why)]
+        pieces: List[Tuple[bytes, Optional[str]]]
         for start in _record_starts(text):
             tail, _ = _parse(text[start:], strict)
             if tail is not None:
                 pieces = [(piece, None) for piece in _split_records(text[:start])]
                 trusted = True
                 break
+        else:
+            parts = _split_records(text)
+            pieces = [(text, why)] if len(parts) == 1 else [(part, None) for part in parts]
         for piece, piece_why in pieces:
             if piece_why is None:
                 whole, piece_why = _parse(piece, strict)
@@ -342,7 +349,7 @@ class Trace:
                 if seq is not None:
                     self._count_seq({"pid": pid, "seq": seq})
                 entry.cut += 1
-                entry.last_cut = True
+                entry.cut_mark = entry.next
         if len(self.skipped) < SKIPPED_KEPT:
             self.skipped.append(SkippedLine(number, "cut" if cut else "not_a_record", pid, seq,
                                             _preview(piece)))
