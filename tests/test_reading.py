@@ -120,7 +120,8 @@ def test_timeline_is_chrome_trace_json(real_trace, tmp_path):
     (b'not json at all\n{"v":1,"event":"pickle"}\n', ":1: not a JSON line ('not json at all')"),
     (b'\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR', ":1: not a JSON line ("),
     (b'{"a": 1}\n{"v":1,"event":"pickle"}\n', ":1: not a tracedmp record ('{\"a\": 1}')"),
-    (b"[" * 100_000 + b"]" * 100_000 + b"\n", ":1: nested more than 200 levels deep"),
+    pytest.param(b"[" * 100_000 + b"]" * 100_000 + b"\n", ":1: nested more than 200 levels deep",
+                 id="a 100,000-deep array"),  # (a short id: pytest puts it in the environment)
     (b'[1, 2]\n', ":1: not a tracedmp record"),
     (b'{"v":7,"event":"pickle"}\n', ":1: record format v7 is newer than this tracedmp reads"),
 ])
@@ -379,3 +380,27 @@ def test_explain_a_file_without_a_suffix_and_an_expression_that_looks_like_one(t
     assert proc.returncode == 0 and proc.stdout.startswith("dict"), proc.stderr
     proc = cli("explain", "--expr", "[1 / 2]", cwd=tmp_path)  # has a "/": --expr says
     assert proc.returncode == 0 and "0.5" in proc.stdout, proc.stderr
+
+
+def test_a_cut_record_is_told_from_a_missing_one(tmp_path):
+    def rec(pid, seq):
+        return (f'{{"v":1,"event":"pickle","ts":1.0,"pid":{pid},"process":"P{pid}",'
+                f'"start_method":"fork","seq":{seq},"channel":"pipe","size":1}}').encode()
+
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(rec(5, 0) + b"\n"
+                     + rec(5, 1)[:50] + rec(7, 0) + b"\n"  # pid 5's seq 1 cut before its seq
+                     + rec(5, 2) + b"\n" + rec(5, 4) + b"\n"  # seq 3 never written
+                     + rec(7, 1)[:95])  # pid 7's last record, cut after its seq
+    trace = read_trace(path)
+    assert [(r.pid, r.seq) for r in trace] == [(5, 0), (7, 0), (5, 2), (5, 4)]
+    assert [(s.line, s.pid, s.seq) for s in trace.skipped] == [(2, 5, None), (5, 7, 1)]
+    assert trace.truncated_line == 5
+    lost = {m.pid: m for m in trace.missing}
+    assert lost[5].cut == 1 and lost[5].missing == 1 and lost[5].ranges == [(3, 3)]
+    assert not lost[5].tail_lost
+    assert lost[7].cut == 1 and lost[7].missing == 0 and lost[7].tail_lost
+    report = cli("report", str(path)).stdout
+    assert "pid 5 (P5): 1 record cut off; 1 record missing (seq 3: made but never written)\n" \
+        in report
+    assert "pid 7 (P7): 1 record cut off; the last thing it wrote was cut off" in report

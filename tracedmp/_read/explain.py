@@ -204,19 +204,40 @@ def explain_bytes(data: bytes) -> Node:
 
 
 def _nodes(root: Node) -> List[Node]:
-    """``root`` and everything under it, parents before children (iteratively: a pickle may
-    nest deeper than the stack)."""
+    """``root`` and everything under it, parents before children, each once (iteratively: a
+    pickle may nest deeper than the stack)."""
     out = [root]
+    seen = {id(root)}
     i = 0
     while i < len(out):
-        out.extend(out[i].children)
+        for child in out[i].children:
+            if id(child) not in seen:
+                seen.add(id(child))
+                out.append(child)
         i += 1
     return out
 
 
 def _freeze(root: Node) -> None:
-    """Work out every node's size once, children first."""
-    for node in reversed(_nodes(root)):
+    """Work out every node's size once, children first.
+
+    Replaying the opcodes builds a tree (a reused object is a "same as above" node); should a
+    pickle still reach one node twice, the second place gets a reference, so that nothing is
+    counted twice and no walk over the tree can loop."""
+    order = [root]
+    seen = {id(root)}
+    i = 0
+    while i < len(order):
+        children = order[i].children
+        for j, child in enumerate(children):
+            if id(child) in seen:
+                children[j] = ref = _same(child, 0)
+                ref.total = 0
+            else:
+                seen.add(id(child))
+                order.append(child)
+        i += 1
+    for node in reversed(order):
         node.total = node.own + sum(c.total for c in node.children)
 
 

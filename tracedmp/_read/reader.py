@@ -89,7 +89,8 @@ class MissingRecords(NamedTuple):
     """What one process recorded that is not in the file.
 
     ``missing`` counts the ``seq`` numbers below the process's highest that appear in no line
-    (records it could not write: disk full, a file size limit, lost permissions); ``ranges``
+    (records it could not write: disk full, a file size limit, lost permissions; a record cut
+    off before its own seq is taken to have had the number after the one before it); ``ranges``
     lists the first of them as inclusive ``(first, last)`` pairs.  ``cut`` counts its records
     that were cut off; ``tail_lost`` is true when the last thing the process wrote was cut off,
     so whatever it recorded after that is lost too, uncounted.  ``scattered`` is true when its
@@ -113,7 +114,8 @@ class _Seqs:
     pid (pids are reused); the old one's numbers are kept aside in ``earlier``.
     """
 
-    __slots__ = ("lo", "next", "runs", "earlier", "process", "cut", "cut_mark", "scattered")
+    __slots__ = ("lo", "next", "runs", "earlier", "process", "cut", "cut_mark", "guess",
+                 "scattered")
 
     def __init__(self, process: str) -> None:
         self.lo = -1  # the current (highest) run is lo .. next-1; -1: nothing seen yet
@@ -125,6 +127,8 @@ class _Seqs:
         # ``next`` when a cut record was last seen (-2: none since the last whole record): if
         # nothing moved it since, the last thing this process wrote was cut off.
         self.cut_mark = -2
+        # The seq a record cut off before its own is taken to have had: the next one (-1: none).
+        self.guess = -1
         self.scattered = False
 
     def add(self, seq: int) -> None:
@@ -290,6 +294,12 @@ class Trace:
         if entry is None:
             entry = self._seqs[pid] = _Seqs(_name(data.get("process")))
         entry.cut_mark = -2
+        guess, entry.guess = entry.guess, -1
+        if guess >= 0 and seq == guess + 1 and (entry.next == guess or entry.lo < 0):
+            # The record cut off before its seq came just before this one: it had that number.
+            if entry.lo < 0:
+                entry.lo = guess
+            entry.next = guess + 1
         if seq == entry.next:
             entry.next = seq + 1
         else:
@@ -348,6 +358,8 @@ class Trace:
                     entry = self._seqs[pid] = _Seqs(_cut_process(piece))
                 if seq is not None:
                     self._count_seq({"pid": pid, "seq": seq})
+                else:
+                    entry.guess = max(entry.next, 0)
                 entry.cut += 1
                 entry.cut_mark = entry.next
         if len(self.skipped) < SKIPPED_KEPT:
