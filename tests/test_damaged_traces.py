@@ -60,6 +60,8 @@ def killed_mid_write(conn):
 
 
 def disk_full(conn):
+    # A first record of its own: the file then ends inside a page, whatever the parent wrote.
+    conn.send("ready")
     conn.recv()  # the parent has filled the disk
     for i in range(5):
         conn.send(globals()[BIG]())
@@ -90,6 +92,7 @@ if __name__ == "__main__":
     p = ctx.Process(target=globals()[mode], args=(b,))
     p.start()
     if mode == "disk_full":
+        assert a.recv() == "ready"
         filler = os.path.join(sys.argv[3], "filler")
         fill(filler)
         a.send("go")

@@ -109,7 +109,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _no_records(path: str) -> TracedmpError:
+def _no_records(path: str, lost: Optional[dict] = None) -> TracedmpError:
+    from ._read.report import losses_note
+
+    note = losses_note(lost)
+    if note:
+        return TracedmpError(f"{path}: no whole record ({note})")
     return TracedmpError(f"{path}: no records (an empty trace: was the program traced? "
                          "see `tracedmp run --help`)")
 
@@ -126,7 +131,7 @@ def _timeline(args: argparse.Namespace) -> int:
         with open(tmp, "w") as out:
             count = write_timeline(trace, out)
         if count == 0:
-            raise _no_records(args.trace) if not trace.records else TracedmpError(
+            raise _no_records(args.trace, losses(trace)) if not trace.records else TracedmpError(
                 f"{args.trace}: no record with a time and a process id to place on a timeline")
         os.replace(tmp, out_path)
     except OSError as exc:
@@ -220,7 +225,7 @@ def _report(args: argparse.Namespace) -> int:
 
     data = summarize_file(args.trace, top=args.top, channel=args.channel, pid=args.pid)
     if data["records"] == 0:
-        raise _no_records(args.trace)
+        raise _no_records(args.trace, data["lost"])
     if args.json:
         import json
 
