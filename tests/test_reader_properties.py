@@ -61,7 +61,9 @@ def test_any_records_summarize_without_error(tmp_path, recs, cut_last):
 # What the reader does with damage (issue #12, item 5): records as tracedmp writes them, "v"
 # first; their fields never hold a nested "v" key, as tracedmp's never do.
 safe_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    # (orjson reads an integer beyond 64 bits as a float: tracedmp writes none)
+    st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats(allow_nan=False)
+    | st.text(),
     lambda children: st.lists(children, max_size=3) | st.dictionaries(
         st.sampled_from(["name", "kind", "", "{\"v\":", "é\n"]), children, max_size=3),
     max_leaves=5,
@@ -186,4 +188,4 @@ def test_explain_any_opcodes_end_in_a_tree_or_an_error(ops):
         return
     render_tree(node, depth=100)
     assert node.size <= len(data)
-    assert time.perf_counter() - start < 5
+    assert time.perf_counter() - start < 30  # never exponential (a loaded machine: generous)

@@ -55,7 +55,10 @@ def real_trace(tmp_path_factory):
 
 
 def test_read_trace_gives_typed_records(real_trace):
-    records = list(read_trace(real_trace))
+    trace = read_trace(real_trace)
+    records = list(trace)
+    # A whole run: no line left out, no seq number missing in any of its processes.
+    assert trace.skipped == [] and trace.missing == [] and trace.records == len(records)
     assert records[0].event == "trace_start"
     pickles = [r for r in records if r.event == "pickle"]
     assert pickles and all(isinstance(r.size, int) and r["size"] == r.size for r in pickles)
