@@ -55,7 +55,10 @@ def real_trace(tmp_path_factory):
 
 
 def test_read_trace_gives_typed_records(real_trace):
-    records = list(read_trace(real_trace))
+    trace = read_trace(real_trace)
+    records = list(trace)
+    # A whole run: no line left out, no seq number missing in any of its processes.
+    assert trace.skipped == [] and trace.missing == [] and trace.records == len(records)
     assert records[0].event == "trace_start"
     pickles = [r for r in records if r.event == "pickle"]
     assert pickles and all(isinstance(r.size, int) and r["size"] == r.size for r in pickles)
@@ -117,7 +120,11 @@ def test_timeline_is_chrome_trace_json(real_trace, tmp_path):
 @pytest.mark.parametrize("content, message", [
     (None, "no such trace file"),
     (b"", "no records (an empty trace"),
-    (b'{"v":1,"event":"pickle"}\nnot json at all\n', ":2: not a JSON line ('not json at all')"),
+    (b'not json at all\n{"v":1,"event":"pickle"}\n', ":1: not a JSON line ('not json at all')"),
+    (b'\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR', ":1: not a JSON line ("),
+    (b'{"a": 1}\n{"v":1,"event":"pickle"}\n', ":1: not a tracedmp record ('{\"a\": 1}')"),
+    pytest.param(b"[" * 100_000 + b"]" * 100_000 + b"\n", ":1: nested more than 200 levels deep",
+                 id="a 100,000-deep array"),  # (a short id: pytest puts it in the environment)
     (b'[1, 2]\n', ":1: not a tracedmp record"),
     (b'{"v":7,"event":"pickle"}\n', ":1: record format v7 is newer than this tracedmp reads"),
 ])
@@ -144,7 +151,7 @@ def test_truncated_last_line_is_reported_not_fatal(tmp_path, real_trace):
     assert len(records) == len([line for line in data.splitlines() if line.strip()])
     proc = cli("report", str(path))
     assert proc.returncode == 0
-    assert "was cut short" in proc.stdout and "last line cut short" in proc.stderr
+    assert "1 record cut off" in proc.stdout and "1 record cut off" in proc.stderr
 
 
 def test_reader_never_unpickles(tmp_path):
@@ -260,6 +267,143 @@ def test_odd_but_valid_records_never_crash_the_cli(tmp_path):
         (tmp_path / "deep.pkl").write_bytes(pickle._dumps(deep))
     finally:
         sys.setrecursionlimit(limit)
-    proc = cli("explain", str(tmp_path / "deep.pkl"))
+    proc = cli("explain", str(tmp_path / "deep.pkl"))  # the tree shows the first levels
+    assert proc.returncode == 0 and "1 more objects" in proc.stdout, proc.stderr
+    proc = cli("explain", "--json", str(tmp_path / "deep.pkl"))
     assert proc.returncode == 2 and "nests too deeply" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# Hostile or odd input (issue #12, item 7): a clean answer, never a traceback.
+
+def test_a_deep_array_a_huge_ts_and_a_lone_surrogate_are_handled(tmp_path):
+    path = tmp_path / "odd.jsonl"
+    path.write_bytes(
+        b'{"v":1,"event":"pickle","pid":1,"ts":1.0,"seq":0,"size":5}\n'
+        + b"[" * 100_000 + b"]" * 100_000 + b"\n"  # not a record: skipped, counted
+        + b'{"v":1,"event":"pickle","pid":1,"seq":1,"ts":' + b"9" * 400 + b"}\n"
+        + b'{"v":1,"event":"pickle","pid":1,"seq":2,"ts":2.0,"process":"\\ud800x",'
+          b'"type":"bad\\udfffname","channel":"pipe","size":3}\n')
+    trace = read_trace(path)
+    records = list(trace)
+    assert [r.seq for r in records] == [0, 1, 2]
+    assert trace.skipped_count == 1 and trace.skipped[0].line == 2
+    assert trace.skipped[0].reason == "not_a_record" and trace.cut_count == 0
+    env = dict(os.environ, PYTHONIOENCODING="utf-8")  # a terminal's encoding, strict
+    report = subprocess.run([sys.executable, "-m", "tracedmp", "report", str(path)], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert report.returncode == 0 and "Traceback" not in report.stderr, report.stderr
+    assert "over 1.000 s" in report.stdout  # the 400-digit ts is no time at all
+    assert "bad\\udfffname" in report.stdout
+    assert "1 line that is not a record skipped: line 2" in report.stdout
+    data = json.loads(cli("report", "--json", str(path)).stdout)
+    assert data["lost"]["not_records"] == 1 and data["lost"]["other_lines"] == [2]
+    out = tmp_path / "tl.json"
+    timeline = cli("timeline", str(path), "-o", str(out))
+    assert timeline.returncode == 0 and "Traceback" not in timeline.stderr, timeline.stderr
+    events = json.loads(out.read_text())["traceEvents"]
+    assert [e["ts"] for e in events if e["ph"] == "X"] == [1e6, 2e6]  # the 400 digits: no ts
+
+
+def test_terminal_escapes_in_a_trace_are_shown_escaped(tmp_path):
+    path = tmp_path / "esc.jsonl"
+    evil = "\x1b]0;owned\x07\x1b[2J\r\u202e"
+    path.write_text(json.dumps({
+        "v": 1, "event": "pickle_error", "pid": 1, "ts": 1.0, "seq": 0, "process": evil,
+        "channel": "pipe" + evil, "type": "T" + evil, "error": "E: " + evil + "\nforged line",
+        "path": evil, "hint": evil}) + "\n" + json.dumps({
+        "v": 1, "event": "pickle", "pid": 1, "ts": 2.0, "seq": 1, "process": evil,
+        "channel": "pipe", "type": evil, "size": 10,
+        "callables": [{"name": evil, "kind": "value"}] * 10}) + "\n")
+    for args in (("report", str(path)), ("report", "--json", str(path)),
+                 ("timeline", str(path), "-o", str(tmp_path / "tl.json"))):
+        proc = cli(*args)
+        assert proc.returncode == 0, proc.stderr
+        for text in (proc.stdout, proc.stderr):
+            assert not any(c in text for c in "\x1b\x07\r\u202e"), (args, text)
+    report = cli("report", str(path)).stdout
+    assert "\\x1b]0;owned\\x07\\x1b[2J\\x0d\\u202e" in report
+    assert "\nforged line" not in report and "\\x0aforged line" in report
+    # A trace path with an escape in it: the error line escapes it too.
+    proc = cli("report", str(tmp_path / "no\x1b[31mfile.jsonl"))
+    assert proc.returncode == 2 and "\x1b" not in proc.stderr and "\\x1b[31m" in proc.stderr
+
+
+def test_explain_counts_shared_objects_once_and_stays_linear():
+    import pickletools
+    import time
+
+    # DUP, TUPLE2 forty times: 2**40 objects if each use were a copy; 84 bytes of pickle.
+    data = b"\x80\x02N" + b"2\x86" * 40 + b"."
+    assert len(data) == 84
+    start = time.perf_counter()
+    node = explain_bytes(data)
+    text = render_tree(node, depth=100)
+    assert time.perf_counter() - start < 2
+    assert node.size == len(data)
+    assert text.count("(same ") == 40  # each reuse shown once, as a reference to the first
+    assert len(text.splitlines()) == 81
+    assert len(node.as_dict()["children"]) == 2
+    # Memo lookups the same: a thousand uses of one big string count its bytes once.
+    import pickle
+
+    big = "x" * 10_000
+    data = pickle.dumps([big] * 1000, protocol=4)
+    node = explain_bytes(data)
+    assert node.size == len(data) < 20_000
+    assert sum(1 for _ in pickletools.genops(data)) >= len(render_tree(node, width=5000)
+                                                       .splitlines())
+
+
+def test_explain_names_from_a_pickle_are_escaped():
+    data = b"\x80\x02c\x1b[2Jevil\nname\x1b]0;x\x07\nq\x00."
+    text = render_tree(explain_bytes(data))
+    assert "\x1b" not in text and "\x07" not in text
+    assert "\\x1b[2Jevil.name\\x1b]0;x\\x07" in text
+
+
+@pytest.mark.parametrize("target", ["missing.pkl", "results.pickle", "sub/missing",
+                                    "data.bin"])
+def test_explain_a_missing_file_never_imports_a_module(tmp_path, target):
+    module = target.split("/")[0].split(".")[0]
+    (tmp_path / f"{module}.py").write_text(
+        "import pathlib\npathlib.Path('imported').write_text('yes')\n")
+    proc = cli("explain", target, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith(f"tracedmp: error: {target}: No such file")
+    assert proc.stderr.count("\n") == 1
+    assert not (tmp_path / "imported").exists()
+
+
+def test_explain_a_file_without_a_suffix_and_an_expression_that_looks_like_one(tmp_path):
+    import pickle
+
+    (tmp_path / "saved").write_bytes(pickle.dumps({"a": 1}))  # exists: a file
+    proc = cli("explain", "saved", cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.startswith("dict"), proc.stderr
+    proc = cli("explain", "--expr", "[1 / 2]", cwd=tmp_path)  # has a "/": --expr says
+    assert proc.returncode == 0 and "0.5" in proc.stdout, proc.stderr
+
+
+def test_a_cut_record_is_told_from_a_missing_one(tmp_path):
+    def rec(pid, seq):
+        return (f'{{"v":1,"event":"pickle","ts":1.0,"pid":{pid},"process":"P{pid}",'
+                f'"start_method":"fork","seq":{seq},"channel":"pipe","size":1}}').encode()
+
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(rec(5, 0) + b"\n"
+                     + rec(5, 1)[:50] + rec(7, 0) + b"\n"  # pid 5's seq 1 cut before its seq
+                     + rec(5, 2) + b"\n" + rec(5, 4) + b"\n"  # seq 3 never written
+                     + rec(7, 1)[:95])  # pid 7's last record, cut after its seq
+    trace = read_trace(path)
+    assert [(r.pid, r.seq) for r in trace] == [(5, 0), (7, 0), (5, 2), (5, 4)]
+    assert [(s.line, s.pid, s.seq) for s in trace.skipped] == [(2, 5, None), (5, 7, 1)]
+    assert trace.truncated_line == 5
+    lost = {m.pid: m for m in trace.missing}
+    assert lost[5].cut == 1 and lost[5].missing == 1 and lost[5].ranges == [(3, 3)]
+    assert not lost[5].tail_lost
+    assert lost[7].cut == 1 and lost[7].missing == 0 and lost[7].tail_lost
+    report = cli("report", str(path)).stdout
+    assert "pid 5 (P5): 1 record cut off; 1 record missing (seq 3: made but never written)\n" \
+        in report
+    assert "pid 7 (P7): 1 record cut off; the last thing it wrote was cut off" in report

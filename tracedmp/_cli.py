@@ -30,7 +30,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return args.func(args)
     except TracedmpError as exc:
-        print(f"tracedmp: error: {exc}", file=sys.stderr)
+        from ._read.reader import printable
+
+        print(f"tracedmp: error: {printable(str(exc))}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `tracedmp report ... | head`
         return 0
@@ -87,13 +89,18 @@ def _parser() -> argparse.ArgumentParser:
         "explain", help="show what is inside one pickle, as a tree",
         description="Pickle a Python expression as multiprocessing would (modules named in it "
         "are imported) and show each object in it: how many bytes, by reference or by value.  "
-        "Given a file instead, explain the pickle in it without unpickling it.")
+        "Given a file instead, explain the pickle in it without unpickling it: an argument "
+        "that exists, holds a /, or ends in .pkl, .pickle, .bin (and the like) is a file, "
+        "never imported.")
     explain.add_argument("target", metavar="EXPR_OR_FILE",
                          help="an expression such as 'mymod.work' or '[mymod.work, 1]', or a "
                          "file holding a pickle")
     explain.add_argument("--pickler", choices=("pickle", "cloudpickle"), default="pickle")
     explain.add_argument("--depth", type=positive, default=8, help="levels shown (default 8)")
     explain.add_argument("--json", action="store_true", help="print the tree as JSON")
+    explain.add_argument("--expr", action="store_true",
+                         help="TARGET is an expression even if it looks like a file name "
+                         "(has a / or ends in .pkl, .pickle, .bin, ...)")
     explain.set_defaults(func=_explain)
 
     from ._bench import add_parser as add_bench
@@ -102,24 +109,33 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _no_records(path: str) -> TracedmpError:
+def _no_records(path: str, lost: Optional[dict] = None) -> TracedmpError:
+    from ._read.report import losses_note
+
+    note = losses_note(lost)
+    if note:
+        return TracedmpError(f"{path}: no whole record ({note})")
     return TracedmpError(f"{path}: no records (an empty trace: was the program traced? "
                          "see `tracedmp run --help`)")
 
 
 def _timeline(args: argparse.Namespace) -> int:
+    from ._read.reader import printable, read_trace
+    from ._read.report import losses
     from ._read.timeline import write_timeline
 
     out_path = args.output or (os.path.splitext(args.trace)[0] + ".timeline.json")
     tmp = out_path + ".part"
+    trace = read_trace(args.trace)
     made = False
     try:
         out = _create(tmp)
         made = True
         with out:
-            count = write_timeline(args.trace, out)
+            count = write_timeline(trace, out)
         if count == 0:
-            raise _no_records(args.trace)
+            raise _no_records(args.trace, losses(trace)) if not trace.records else TracedmpError(
+                f"{args.trace}: no record with a time and a process id to place on a timeline")
         os.replace(tmp, out_path)  # replaces a symbolic link there, never writes through it
         made = False
     except OSError as exc:
@@ -127,23 +143,31 @@ def _timeline(args: argparse.Namespace) -> int:
     finally:
         if made:
             os.unlink(tmp)
-    print(f"wrote {count} events to {out_path}; open it at https://ui.perfetto.dev "
-          "or chrome://tracing")
+    print(printable(f"wrote {count} events to {out_path}; open it at https://ui.perfetto.dev "
+                    "or chrome://tracing"))
+    _note_losses(args.trace, losses(trace))
     return 0
 
 
 def _explain(args: argparse.Namespace) -> int:
     from ._read.explain import explain, explain_bytes, render_tree
 
-    if os.path.isfile(args.target):
-        with open(args.target, "rb") as f:
-            data = f.read()
+    target = args.target
+    if not args.expr and _looks_like_a_file(target):
+        try:
+            with open(target, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise TracedmpError(
+                f"{target}: {exc.strerror or exc} (an argument that looks like a file is read as "
+                "one, never evaluated; give --expr to explain it as a Python expression)"
+            ) from None
         try:
             node = explain_bytes(data)
         except Exception as exc:  # pickletools' errors for bytes that are not a pickle
-            raise TracedmpError(f"{args.target}: not a pickle ({exc})") from None
+            raise TracedmpError(f"{target}: not a pickle ({exc})") from None
     else:
-        obj = evaluate_expression(args.target)
+        obj = evaluate_expression(target)
         try:
             node = explain(obj, args.pickler)
         except Exception as exc:
@@ -152,7 +176,7 @@ def _explain(args: argparse.Namespace) -> int:
 
             path, hint, _ = diagnose(obj, exc, args.pickler, dump=dump_untraced)
             where = f" at {path}" if path else ""
-            raise TracedmpError(f"{args.target!r} cannot be pickled{where}: "
+            raise TracedmpError(f"{target!r} cannot be pickled{where}: "
                                 f"{type(exc).__name__}: {exc}; {hint}") from None
     try:
         if args.json:
@@ -162,9 +186,24 @@ def _explain(args: argparse.Namespace) -> int:
         else:
             sys.stdout.write(render_tree(node, depth=args.depth))
     except RecursionError:
-        raise TracedmpError(f"{args.target}: the pickle nests too deeply to show as a tree "
-                            "(raise the recursion limit, or explain a part of it)") from None
+        raise TracedmpError(f"{target}: the pickle nests too deeply to show as JSON "
+                            "(show it as a tree, without --json)") from None
     return 0
+
+
+# What pickles are saved as: an argument ending so names a file, even one that is not there.
+_FILE_SUFFIXES = (".pkl", ".pickle", ".pck", ".pcl", ".bin", ".dat", ".jsonl", ".json")
+
+
+def _looks_like_a_file(target: str) -> bool:
+    """Whether ``target`` names a file: it exists, has a path separator, or a file's suffix.
+
+    Evaluating ``results.pkl`` as an expression would import ``results.py`` from the current
+    directory: a name that looks like a file is never imported.
+    """
+    if os.path.exists(target) or os.sep in target or (os.altsep and os.altsep in target):
+        return True
+    return target.strip().lower().endswith(_FILE_SUFFIXES)
 
 
 _RUN_FLAGS_WITH_VALUE = {"--trace", "--pickler"}
@@ -190,16 +229,14 @@ def _report(args: argparse.Namespace) -> int:
 
     data = summarize_file(args.trace, top=args.top, channel=args.channel, pid=args.pid)
     if data["records"] == 0:
-        raise _no_records(args.trace)
+        raise _no_records(args.trace, data["lost"])
     if args.json:
         import json
 
         print(json.dumps(data, indent=1, default=list))
     else:
         sys.stdout.write(render_text(data))
-    if data.get("truncated_line"):
-        print(f"tracedmp: note: {args.trace}:{data['truncated_line']}: last line cut short "
-              "(a process was killed while writing it); left out", file=sys.stderr)
+    _note_losses(args.trace, data["lost"])
     return 0
 
 
@@ -224,6 +261,16 @@ def _create(path: str) -> IO[str]:
         os.unlink(path)
         fd = os.open(path, flags, 0o666)
     return os.fdopen(fd, "w")
+
+
+def _note_losses(path: str, lost: dict) -> None:
+    from ._read.reader import printable
+    from ._read.report import losses_note
+
+    note = losses_note(lost)
+    if note:
+        print(printable(f"tracedmp: note: {path}: {note} (see Records lost in "
+                        "`tracedmp report`)"), file=sys.stderr)
 
 
 def _run(args: argparse.Namespace) -> int:

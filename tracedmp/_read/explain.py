@@ -3,6 +3,11 @@
 The pickle's opcodes are replayed on a symbolic stack (``pickletools.genops``): every object the
 pickle would build becomes a node that knows how many bytes of the pickle it took and whether it
 travels by reference (a module and a name the receiver imports) or by value (its contents).
+
+An object the pickle uses again (a memo lookup, ``DUP``) is a small "same as above" node, never
+the object a second time: the tree has one node per opcode at most, so however the pickle
+shares its objects, explaining it takes time and memory in proportion to its length, and every
+byte is counted once.
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ from __future__ import annotations
 import io
 import pickletools
 from typing import Any, Dict, List, Optional, Tuple
+
+from .reader import printable
 
 __all__ = ["Node", "explain", "explain_bytes", "render_tree"]
 
@@ -19,12 +26,13 @@ _LEAF_TYPES = {
 }
 _MEMO_PUT = {"PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"}
 _MEMO_GET = {"GET", "BINGET", "LONG_BINGET"}
+_LABEL = 200  # characters of a name kept in a label made from it (a pickle's names are its own)
 
 
 class Node:
     """One object in a pickle."""
 
-    __slots__ = ("kind", "label", "own", "children", "by", "ref", "memo_of", "value")
+    __slots__ = ("kind", "label", "own", "children", "by", "ref", "memo_of", "value", "total")
 
     def __init__(self, kind: str, label: str, own: int = 0,
                  children: Optional[List["Node"]] = None, by: str = "value") -> None:
@@ -36,10 +44,14 @@ class Node:
         self.ref: Optional[str] = None  # module.name for globals
         self.memo_of: Optional[Node] = None
         self.value: Optional[str] = None  # a str leaf's text (module and names of globals)
+        self.total = -1  # size, once the tree is complete
 
     @property
     def size(self) -> int:
-        return self.own + sum(c.size for c in self.children)
+        """Bytes of the pickle this object and everything in it took."""
+        if self.total >= 0:
+            return self.total
+        return sum(n.own for n in _nodes(self))
 
     def as_dict(self) -> Dict[str, Any]:
         d: Dict[str, Any] = {"kind": self.kind, "label": self.label, "size": self.size,
@@ -91,11 +103,7 @@ def explain_bytes(data: bytes) -> Node:
                 stack[-1].own += n
                 memo[index] = stack[-1]
         elif name in _MEMO_GET:
-            target = memo.get(arg)
-            node = Node("memo", f"(same {target.label if target else 'object'} as above)", n,
-                        by="reference")
-            node.memo_of = target
-            stack.append(node)
+            stack.append(_same(memo.get(arg), n))
         elif name in ("NONE", "NEWTRUE", "NEWFALSE"):
             stack.append(Node({"NONE": "None"}.get(name, "bool"),
                               {"NONE": "None", "NEWTRUE": "True", "NEWFALSE": "False"}[name], n))
@@ -143,7 +151,7 @@ def explain_bytes(data: bytes) -> Node:
             _pop_mark(stack, marks)
             header += n + pending_mark_bytes.pop()
         elif name == "DUP":
-            stack.append(stack[-1])
+            stack.append(_same(stack[-1], n))
         elif name == "GLOBAL":
             module, _, qual = str(arg).partition(" ")
             stack.append(_global(module, qual, n))
@@ -179,7 +187,7 @@ def explain_bytes(data: bytes) -> Node:
                 label = _name(cls)
                 own = n + extra + cls.size
             else:
-                label = str(arg).replace(" ", ".")
+                label = _short(str(arg).replace(" ", "."))
                 own = n + extra
             stack.append(Node("object", f"{label} instance", own, items))
         elif name in ("PERSID", "BINPERSID"):
@@ -191,12 +199,67 @@ def explain_bytes(data: bytes) -> Node:
     if root is None:
         root = Node("empty", "(nothing)")
     root.own += header
+    _freeze(root)
     return root
+
+
+def _nodes(root: Node) -> List[Node]:
+    """``root`` and everything under it, parents before children, each once (iteratively: a
+    pickle may nest deeper than the stack)."""
+    out = [root]
+    seen = {id(root)}
+    i = 0
+    while i < len(out):
+        for child in out[i].children:
+            if id(child) not in seen:
+                seen.add(id(child))
+                out.append(child)
+        i += 1
+    return out
+
+
+def _freeze(root: Node) -> None:
+    """Work out every node's size once, children first.
+
+    Replaying the opcodes builds a tree (a reused object is a "same as above" node); should a
+    pickle still reach one node twice, the second place gets a reference, so that nothing is
+    counted twice and no walk over the tree can loop."""
+    order = [root]
+    seen = {id(root)}
+    i = 0
+    while i < len(order):
+        children = order[i].children
+        for j, child in enumerate(children):
+            if id(child) in seen:
+                children[j] = ref = _same(child, 0)
+                ref.total = 0
+            else:
+                seen.add(id(child))
+                order.append(child)
+        i += 1
+    for node in reversed(order):
+        node.total = node.own + sum(c.total for c in node.children)
+
+
+def _same(target: Optional[Node], n: int) -> Node:
+    """A reference to an object the pickle built before: its bytes, not the object again."""
+    if target is not None and target.kind == "memo" and target.memo_of is not None:
+        target = target.memo_of
+    node = Node("memo", f"(same {_short(target.label) if target else 'object'} as above)", n,
+                by="reference")
+    node.memo_of = target
+    return node
+
+
+def _short(text: str, limit: int = _LABEL) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _leaf(kind: str, arg: Any, n: int) -> Node:
     kind = _LEAF_TYPES.get(kind, kind)
-    if isinstance(arg, (bytes, bytearray)):
+    if type(arg) is int and arg.bit_length() > 64:
+        shown = f"int, {arg.bit_length()} bits"  # repr() refuses ints past 4,300 digits
+    elif isinstance(arg, (bytes, bytearray)):
         shown = f"{kind}, {len(arg)} bytes"
     elif isinstance(arg, str):
         shown = repr(arg) if len(arg) <= 40 else repr(arg[:37]) + f"... ({len(arg)} chars)"
@@ -214,6 +277,7 @@ def _text(node: Node) -> str:
 
 
 def _global(module: str, qual: str, n: int) -> Node:
+    module, qual = _short(module), _short(qual)
     node = Node("global", f"{module}.{qual}", n, by="reference")
     node.ref = f"{module}.{qual}"
     return node
@@ -222,15 +286,15 @@ def _global(module: str, qual: str, n: int) -> Node:
 def _name(node: Node) -> str:
     if node.kind == "memo" and node.memo_of is not None:
         node = node.memo_of
-    return node.ref or node.label
+    return _short(node.ref or node.label)
 
 
 def _call(func: Node, args: Node, n: int) -> Node:
     ref = func.ref or ""
     if ref.startswith("cloudpickle.") and ref.endswith("._builtin_type") and args.children:
         # cloudpickle's way to name a type pickle cannot import, e.g. types.CodeType.
-        node = Node("cloud_type", f"types.{_text(args.children[0])}", n + func.size + args.size,
-                    by="reference")
+        node = Node("cloud_type", f"types.{_short(_text(args.children[0]))}",
+                    n + func.size + args.size, by="reference")
         return node
     if func.kind == "cloud_type":
         what = "code object: bytecode, constants and names" if func.label == "types.CodeType" \
@@ -258,7 +322,7 @@ def _call(func: Node, args: Node, n: int) -> Node:
         return node
     if ref == "builtins.getattr" and len(args.children) == 2:
         owner, attr = args.children
-        label = f"getattr(..., {attr.label})"
+        label = f"getattr(..., {_short(attr.label)})"
         return Node("call", label, n + func.size + args.own, [owner, attr],
                     by="reference" if owner.kind == "global" else "value")
     node = Node("call", f"{_name(func)}(...)", n + func.size + args.own, args.children,
@@ -290,7 +354,8 @@ def _pairs(items: List[Node]) -> List[Node]:
     out = []
     for key, value in zip(items[0::2], items[1::2]):
         source = key.memo_of if key.kind == "memo" and key.memo_of is not None else key
-        label = repr(_text(key)) if source.kind == "str" else f"[{source.label}]"
+        label = repr(_short(_text(key), 40)) if source.kind == "str" else \
+            f"[{_short(source.label)}]"
         out.append(_labelled(label, value, key.size))
     return out
 
@@ -355,4 +420,5 @@ def render_tree(node: Node, *, depth: int = 8, width: int = 20) -> str:
                          f"[{_fmt(sum(k.size for k in hidden))}]")
 
     walk(node, "", True, 0, True)
-    return "\n".join(lines) + "\n"
+    # Names in a pickle are the sender's: none may reach the terminal as a control sequence.
+    return "\n".join([printable(line) for line in lines]) + "\n"

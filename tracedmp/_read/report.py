@@ -11,9 +11,9 @@ import math
 from array import array
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
-from .reader import read_trace
+from .reader import Trace, printable, read_trace
 
-__all__ = ["Summary", "summarize", "render_text"]
+__all__ = ["Summary", "losses", "render_text", "summarize"]
 
 
 class _Group:
@@ -73,8 +73,8 @@ class Summary:
 
     def add(self, r: Mapping[str, Any]) -> None:
         self.records += 1
-        ts: Any = r.get("ts")  # a number once checked below
-        if type(ts) in (int, float) and math.isfinite(ts):
+        ts = finite(r.get("ts"))
+        if ts is not None:
             if self.first_ts is None or ts < self.first_ts:
                 self.first_ts = ts
             if self.last_ts is None or ts > self.last_ts:
@@ -110,8 +110,9 @@ class Summary:
             if isinstance(check, dict) and check.get("would_pickle") is False:
                 self.spawn_problems.append({"child": r.get("child"), "target": target, **check})
         elif event == "trace_start":
-            self.runs.append({k: r.get(k) for k in ("program", "python", "tracedmp", "pickler",
-                                                    "pid", "ts")})
+            run = {k: r.get(k) for k in ("program", "python", "tracedmp", "pickler", "pid")}
+            run["ts"] = finite(r.get("ts"))
+            self.runs.append(run)
         elif event == "unpickle":
             self.unpickles.add(_int(r.get("size")), _int(r.get("duration_ns")))
         elif event in ("parallel", "untraced"):
@@ -278,6 +279,8 @@ def summarize(records: Iterable[Mapping[str, Any]], *, top: int = 10) -> Dict[st
         summary.add(r)
     data = summary.as_dict()
     data["spawn_problems"] = summary.spawn_problems
+    # What the file lost is known once a Trace has been read through.
+    data["lost"] = losses(records) if isinstance(records, Trace) else None
     return data
 
 
@@ -293,7 +296,94 @@ def summarize_file(path: str, *, top: int = 10, channel: Optional[str] = None,
     data = summarize(records, top=top)
     data["trace"] = path
     data["truncated_line"] = trace.truncated_line
+    data["lost"] = losses(trace, pid=pid)
     return data
+
+
+def losses(trace: Trace, *, pid: Optional[int] = None) -> Dict[str, Any]:
+    """What ``trace`` (read through) lost: records cut off, records missing, lines skipped.
+
+    ``processes`` has one entry per process that lost records (only ``pid``'s if given).
+    """
+    unknown = [s.line for s in trace.skipped if s.reason == "cut" and s.pid is None]
+    other = [s.line for s in trace.skipped if s.reason != "cut"]
+    processes = [
+        {"pid": m.pid, "process": m.process, "cut": m.cut, "missing": m.missing,
+         "ranges": [list(r) for r in m.ranges], "tail_lost": m.tail_lost,
+         "scattered": m.scattered}
+        for m in trace.missing if pid is None or m.pid == pid]
+    return {
+        "cut": trace.cut_count,
+        "not_records": trace.skipped_count - trace.cut_count,
+        "missing": sum(p["missing"] for p in processes),
+        "processes": processes,
+        "cut_lines": unknown[:20],  # lines of cut records whose writer cannot be told
+        "other_lines": other[:20],
+    }
+
+
+def losses_note(lost: Optional[Dict[str, Any]]) -> str:
+    """One line saying what a trace lost ("" if nothing)."""
+    if not lost:
+        return ""
+    parts = []
+    if lost["cut"]:
+        parts.append(_plural(lost["cut"], "record") + " cut off")
+    if lost["missing"]:
+        parts.append(f"{_plural(lost['missing'], 'record')} missing")
+    if lost["not_records"]:
+        parts.append(_not_records(lost["not_records"]) + " skipped")
+    return ", ".join(parts)
+
+
+def _render_losses(lost: Dict[str, Any]) -> List[str]:
+    lines = []
+    for p in lost["processes"]:
+        what = []
+        if p["cut"]:
+            what.append(f"{_plural(p['cut'], 'record')} cut off")
+        if p["missing"]:
+            ranges = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in p["ranges"])
+            more = ", ..." if sum(b - a + 1 for a, b in p["ranges"]) < p["missing"] else ""
+            what.append(f"{_plural(p['missing'], 'record')} missing (seq {ranges}{more}: made "
+                        "but never written)")
+        if p["scattered"]:
+            what.append("seq numbers too disordered to tell what is missing")
+        line = f"  pid {p['pid']} ({p['process']}): " + "; ".join(what)
+        if p["tail_lost"]:
+            line += "; the last thing it wrote was cut off, so what it recorded after is lost too"
+        lines.append(line)
+    unknown = lost["cut"] - sum(p["cut"] for p in lost["processes"])
+    if unknown > 0 and lost["cut_lines"]:
+        at = ", ".join(str(n) for n in lost["cut_lines"][:5])
+        lines.append(f"  {_plural(unknown, 'record')} cut off at line{'s' if unknown > 1 else ''}"
+                     f" {at}{', ...' if unknown > 5 else ''} (too little left to tell whose)")
+    if lost["not_records"]:
+        at = ", ".join(str(n) for n in lost["other_lines"][:5])
+        lines.append(f"  {_not_records(lost['not_records'])} skipped: "
+                     f"line{'s' if lost['not_records'] > 1 else ''} {at}"
+                     f"{', ...' if lost['not_records'] > 5 else ''}")
+    return lines
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _not_records(n: int) -> str:
+    return "1 line that is not a record" if n == 1 else f"{n} lines that are not records"
+
+
+def finite(value: Any) -> Optional[float]:
+    """A number field as a finite float, or None (whatever a damaged record holds there)."""
+    if type(value) is float:
+        return value if math.isfinite(value) else None
+    if type(value) is int:
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond any float
+            return None
+    return None
 
 
 _MACHINERY = ("multiprocessing.", "concurrent.futures.", "cloudpickle.", "copyreg.", "builtins.")
@@ -356,7 +446,15 @@ def render_text(data: Dict[str, Any]) -> str:
     add(f"  {data['records']} records from {data['processes']} processes over "
         f"{data['span_s']:.3f} s: {t['count']} pickles, {_fmt_bytes(t['bytes'])}, "
         f"{_fmt_ns(t['pickle_ns'])} spent pickling")
-    if data.get("truncated_line"):
+    lost = data.get("lost")
+    note = losses_note(lost)
+    if lost and note:
+        add(f"  note: {note}: see Records lost, below")
+        add("")
+        add("Records lost (a process died, or could not write: disk full, a file size limit, "
+            "permissions)")
+        lines.extend(_render_losses(lost))
+    elif data.get("truncated_line"):
         add(f"  note: line {data['truncated_line']} was cut short (a process was killed while "
             "writing it) and is left out")
 
@@ -365,11 +463,11 @@ def render_text(data: Dict[str, Any]) -> str:
             return
         add("")
         add(title)
-        width = min(max(len(str(r[name])) for r in rows), 60)
+        labels = [printable(str(r[name])) for r in rows]
+        width = min(max(len(label) for label in labels), 60)
         add(f"  {'':{width}}  {'count':>8} {'bytes':>10} {'median':>9} {'p95':>9} "
             f"{'max':>9} {'pickling':>9}")
-        for r in rows:
-            label = str(r[name])
+        for r, label in zip(rows, labels):
             if len(label) > width:
                 label = "..." + label[-(width - 3):]
             add(f"  {label:{width}}  {r['count']:>8} {_fmt_bytes(r['bytes']):>10} "
@@ -437,7 +535,9 @@ def render_text(data: Dict[str, Any]) -> str:
             add(f"  - {f['message']}")
     else:
         add("Findings: none of the known problems shows in this trace")
-    return "\n".join(lines) + "\n"
+    # Every name and message above may come from the trace: none may reach the terminal as a
+    # control sequence (or break a line).
+    return "\n".join([printable(line) for line in lines]) + "\n"
 
 
 # joblib and loky (the ``loky.*`` and ``joblib.*`` channels, ``parallel`` records, the arrays

@@ -2,22 +2,24 @@
 
 One track per process (named after it), one slice per pickle lasting as long as the pickling,
 instant markers for process starts and pickling errors.  Written as it is read: memory stays flat.
+What the trace lost (records cut off or missing, lines skipped) goes in the file's ``otherData``.
 """
 
 from __future__ import annotations
 
 import json
-import math
-from typing import IO, Any, Dict
+from typing import IO, Any, Dict, Union
 
-from .reader import read_trace
+from .reader import Trace, read_trace
+from .report import finite, losses
 
 __all__ = ["write_timeline"]
 
 
-def write_timeline(trace_path: str, out: IO[str]) -> int:
-    """Write the timeline of ``trace_path`` to ``out``; return the number of events written."""
-    trace = read_trace(trace_path)
+def write_timeline(trace_path: Union[str, Trace], out: IO[str]) -> int:
+    """Write the timeline of a trace (a path or a :class:`Trace`) to ``out``; return the number
+    of events written."""
+    trace = trace_path if isinstance(trace_path, Trace) else read_trace(trace_path)
     names: Dict[int, str] = {}
     count = 0
     out.write('{"displayTimeUnit":"ms","traceEvents":[\n')
@@ -33,8 +35,8 @@ def write_timeline(trace_path: str, out: IO[str]) -> int:
 
     for r in trace:
         pid = r.get("pid")
-        ts: Any = r.get("ts")  # a number once checked below
-        if type(pid) is not int or type(ts) not in (int, float) or not math.isfinite(ts):
+        ts = finite(r.get("ts"))
+        if type(pid) is not int or ts is None:
             continue
         process = r.get("process") or "?"
         if names.get(pid) != process:
@@ -45,7 +47,8 @@ def write_timeline(trace_path: str, out: IO[str]) -> int:
         event = r.get("event")
         if event in ("pickle", "unpickle"):
             duration = r.get("duration_ns")
-            duration_us = duration / 1e3 if type(duration) is int and duration >= 0 else 0.0
+            duration_us = duration / 1e3 if type(duration) is int and 0 <= duration < 2**63 \
+                else 0.0
             emit({
                 "ph": "X", "pid": pid, "tid": pid, "cat": r.get("channel") or "?",
                 "name": f"{'' if event == 'pickle' else 'unpickle '}{r.get('channel')} "
@@ -64,5 +67,7 @@ def write_timeline(trace_path: str, out: IO[str]) -> int:
                          "trace start"),
                 "args": {k: v for k, v in r.items() if k not in ("v", "ts", "pid", "event")},
             })
-    out.write("\n]}\n")
+    out.write('\n],"otherData":')
+    out.write(json.dumps({"tracedmp_lost": losses(trace)}, separators=(",", ":")))
+    out.write("}\n")
     return count
