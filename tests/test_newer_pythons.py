@@ -4,6 +4,7 @@ skipped below the Python that has what it tests, and compares with a plain run w
 behaviour is the stdlib's."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -84,3 +85,164 @@ if __name__ == "__main__":
         timeout=60))
     [starts] = data["process_starts"]
     assert starts["count"] == starts["default_method"] == 2
+
+
+# -- InterpreterPoolExecutor (3.14) ------------------------------------------------------------
+
+HELPERS = '''
+class Oops(Exception):
+    pass
+
+def work(x, scale=1):
+    return {"x": x * scale}
+
+def boom(x):
+    raise Oops("bad %s" % x)
+'''
+
+INTERPRETER_POOL = """
+import json, pickle, re, sys, threading
+if sys.argv[1] == "traced":
+    import tracedmp
+    tracedmp.configure(trace=sys.argv[2])
+from concurrent.futures import InterpreterPoolExecutor
+import helpers
+
+def local():
+    y = [1]
+    def inner(x):
+        return x + y[0]
+    return inner
+
+def outcome(fn):
+    try:
+        return ["ok", repr(fn())]
+    except BaseException as e:
+        return [type(e).__module__ + "." + type(e).__qualname__,
+                re.sub(" at 0x[0-9a-f]+", "", str(e))]
+
+if __name__ == "__main__":
+    out = {}
+    with InterpreterPoolExecutor(1) as ex:
+        out["submit"] = outcome(lambda: ex.submit(helpers.work, 3, scale=[2][0]).result())
+        out["map"] = outcome(lambda: list(ex.map(helpers.work, [1, 2])))
+        out["raises"] = outcome(lambda: ex.submit(helpers.boom, 1).result())
+        out["closure"] = outcome(lambda: ex.submit(local(), 1).result())
+        out["lock_arg"] = outcome(lambda: ex.submit(print, threading.Lock()).result())
+        out["lock_result"] = outcome(lambda: ex.submit(threading.Lock).result())
+    out["sizes"] = {"work": len(pickle.dumps(helpers.work)),
+                    "result": len(pickle.dumps({"x": 6}))}
+    if sys.argv[1] == "traced":
+        tracedmp.uninstall()
+        from concurrent import interpreters
+        from concurrent.futures import interpreter
+        out["restored"] = [pickle.dumps is pickle._pickle.dumps if hasattr(pickle, "_pickle")
+                           else True, pickle.loads.__module__,
+                           "__wrapped__" in vars(interpreters.Interpreter._call),
+                           "__wrapped__" in vars(interpreter.WorkerContext.run)]
+    print(json.dumps(out))
+"""
+
+
+@needs_314
+def test_interpreter_pool_calls_and_results_are_traced(run_program, tmp_path):
+    """What InterpreterPoolExecutor pickles to reach another interpreter, and what comes back,
+    has its own channels, with the fields of any pickle record; the program sees what a
+    plain run sees."""
+    (tmp_path / "helpers.py").write_text(HELPERS)
+    trace = str(tmp_path / "interp.jsonl")
+    plain = run_program(INTERPRETER_POOL, "plain", trace, env={"TRACEDMP_TRACE": "off"})
+    run = run_program(INTERPRETER_POOL, "traced", trace, trace=trace)
+    assert plain.returncode == run.returncode == 0, (plain.stderr, run.stderr)
+    expected, got = plain.output(), run.output()
+    assert got.pop("restored") == [True, "_pickle", False, False]
+    assert got == expected
+    assert got["submit"] == ["ok", "{'x': 6}"] and got["raises"][0] == "helpers.Oops"
+
+    records = run.records
+    calls = [r for r in records if r.get("channel") == "interpreter.call"
+             and r["event"] == "pickle"]
+    results = [r for r in records if r.get("channel") == "interpreter.result"
+               and r["event"] == "pickle"]
+    work = [r for r in calls if r["callables"] == [{"name": "helpers.work",
+                                                    "kind": "reference"}]]
+    assert len(work) == 3  # submit and two map items: the function travels by reference
+    assert {r["size"] for r in work} == {got["sizes"]["work"]}
+    assert all(r["kind"] == "reference" and r["type"] == "builtins.function" for r in work)
+    assert any(r["callables"] == [{"name": "concurrent.futures.interpreter.do_call",
+                                   "kind": "reference"}] for r in calls)
+    for r in calls + results:
+        assert r["pickler"] == "pickle" and r["duration_ns"] > 0 and r["v"] == 1
+        assert r["process"] == "MainProcess"
+    dicts = [r for r in results if r["type"] == "builtins.dict"]
+    assert len(dicts) == 3 and {r["size"] for r in dicts} == {got["sizes"]["result"]}
+    [exc] = [r for r in results if r["type"] == "helpers.Oops"]  # via the results queue
+    assert exc["callables"] == [{"name": "helpers.Oops", "kind": "reference"}]
+
+
+@needs_314
+def test_interpreter_pool_failures_are_pickle_errors(run_program, tmp_path):
+    (tmp_path / "helpers.py").write_text(HELPERS)
+    trace = str(tmp_path / "interp.jsonl")
+    run = run_program(INTERPRETER_POOL, "traced", trace, trace=trace)
+    assert run.returncode == 0, run.stderr
+    got = run.output()
+    errors = run.events("pickle_error")
+    by_type = {r["type"]: r for r in errors}
+    assert len(errors) == 3, errors
+
+    def said(r):
+        return re.sub(" at 0x[0-9a-f]+", "", r["error"])
+
+    closure, lock, result = (by_type["builtins.function"], by_type["_thread.lock"],
+                             by_type[None])
+    for r, key in ((closure, "closure"), (lock, "lock_arg"), (result, "lock_result")):
+        kind, message = got[key]
+        assert kind == "concurrent.interpreters.NotShareableError"
+        assert said(r) == f"NotShareableError: {message}"  # what the program got
+    assert closure["channel"] == lock["channel"] == "interpreter.call"
+    assert closure["cause"].startswith("PicklingError: Can't pickle local object")
+    assert "defined inside another function" in closure["hint"]
+    assert lock["cause"] == "TypeError: cannot pickle '_thread.lock' object"
+    assert lock["hint"].startswith("a lock cannot be sent")
+    assert result["channel"] == "interpreter.result" and result["path"] is None
+
+
+def test_interpreter_integration_waits_for_the_interpreter_pool(run_program):
+    """Nothing of the integration is loaded, and pickle is untouched, until the program
+    imports concurrent.futures.interpreter (every Python: before 3.14 it never is)."""
+    run = run_program("""
+import json, pickle, sys
+import tracedmp as multiprocessing
+import concurrent.futures
+
+def work(x):
+    return x
+
+if __name__ == "__main__":
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context()) as ex:
+        print(list(ex.map(work, [1])))
+    print(json.dumps(["tracedmp._integrations.interpreters" in sys.modules,
+                      pickle.dumps.__module__]))
+""")
+    assert run.returncode == 0, run.stderr
+    assert run.output() == [False, "_pickle"]
+
+
+@needs_314
+def test_tracedmp_run_traces_an_interpreter_pool_program(run_program, tmp_path):
+    """A program that uses the interpreter pool and no multiprocessing is traced by
+    `tracedmp run` too: the startup hook also waits for concurrent.futures.interpreter."""
+    (tmp_path / "helpers.py").write_text(HELPERS)
+    run = run_program("""
+from concurrent.futures import InterpreterPoolExecutor
+import helpers
+
+if __name__ == "__main__":
+    with InterpreterPoolExecutor(1) as ex:
+        print(ex.submit(helpers.work, 2).result())
+""", via_run=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "{'x': 2}\n"
+    channels = {r.get("channel") for r in run.records}
+    assert {"interpreter.call", "interpreter.result"} <= channels

@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 __all__ = ["INTEGRATIONS", "imported", "install_all", "uninstall_all"]
 
 # library module -> integration module (in this package).  Add a line per integration.
-INTEGRATIONS: Dict[str, str] = {}
+INTEGRATIONS: Dict[str, str] = {
+    "concurrent.futures.interpreter": "interpreters",  # InterpreterPoolExecutor, Python 3.14+
+}
 
 _installed: List[Any] = []  # integration modules installed, in order
 
