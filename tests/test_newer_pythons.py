@@ -246,3 +246,22 @@ if __name__ == "__main__":
     assert run.stdout == "{'x': 2}\n"
     channels = {r.get("channel") for r in run.records}
     assert {"interpreter.call", "interpreter.result"} <= channels
+
+
+# -- protocol 5 (3.14's default) ---------------------------------------------------------------
+
+def test_bench_and_explain_say_the_protocol_multiprocessing_uses(tmp_path):
+    from multiprocessing.reduction import ForkingPickler
+
+    used = bytes(ForkingPickler.dumps([1, 2]))[1]  # PROTO's argument
+    assert used == (5 if PY314 else 4)
+    tool = [sys.executable, "-m", "tracedmp"]
+    bench = json.loads(subprocess.check_output(
+        tool + ["bench", "--quick", "--json", "--expr", "[1, 2]", "--methods", "fork",
+                "--chunksizes", "1"], text=True, timeout=120, cwd=str(tmp_path)))
+    assert bench["payload"]["protocol"] == used
+    text = subprocess.check_output(tool + ["explain", "[1, 2]"], text=True, timeout=60)
+    assert text.splitlines()[-1] == f"(pickle protocol {used})"
+    tree = json.loads(subprocess.check_output(tool + ["explain", "--json", "[1, 2]"], text=True,
+                                              timeout=60))
+    assert tree["protocol"] == used
