@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from conftest import METHODS
+
 
 PY314 = sys.version_info >= (3, 14)
 PY315 = sys.version_info >= (3, 15)
@@ -265,3 +267,160 @@ def test_bench_and_explain_say_the_protocol_multiprocessing_uses(tmp_path):
     tree = json.loads(subprocess.check_output(tool + ["explain", "--json", "[1, 2]"], text=True,
                                               timeout=60))
     assert tree["protocol"] == used
+
+
+# -- 3.14's new process, executor and Manager methods, through tracedmp's namespace ------------
+
+def plain_and_traced(run_program, code, *args):
+    """The program run plain (stdlib multiprocessing) and traced: (plain, traced) Runs."""
+    plain = run_program(code, "plain", *args, env={"TRACEDMP_TRACE": "off"})
+    traced = run_program(code, "traced", *args)
+    assert plain.returncode == 0, plain.stderr
+    assert traced.returncode == 0, traced.stderr
+    return plain, traced
+
+
+IMPORT = """
+import json, sys, time
+if sys.argv[1] == "traced":
+    import tracedmp as multiprocessing
+else:
+    import multiprocessing
+"""
+
+
+@needs_314
+@pytest.mark.parametrize("method", METHODS)
+def test_process_interrupt(run_program, method):
+    plain, traced = plain_and_traced(run_program, IMPORT + """
+def wait(q):
+    try:
+        q.put("ready")
+        time.sleep(60)
+    except KeyboardInterrupt:
+        q.put("interrupted")
+        raise SystemExit(3)
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context(sys.argv[2])
+    q = ctx.Queue()
+    p = ctx.Process(target=wait, args=(q,))
+    p.start()
+    assert q.get(timeout=30) == "ready"
+    time.sleep(1)  # into its sleep: a SIGINT while it is still in q.put() can be lost (plain too)
+    p.interrupt()
+    said = q.get(timeout=30)
+    p.join(30)
+    print(json.dumps([said, p.exitcode]))
+""", method)
+    assert traced.output() == plain.output() == ["interrupted", 3]
+    [start] = traced.events("process_start")
+    assert start["target"] == "__main__.wait"
+    queued = [r for r in traced.events("pickle", channel="queue") if r["type"] == "builtins.str"]
+    assert len(queued) == 2 and all(r["process"] != "MainProcess" for r in queued)
+
+
+@needs_314
+@pytest.mark.parametrize("stop", ["terminate_workers", "kill_workers"])
+def test_process_pool_executor_terminate_and_kill_workers(run_program, stop):
+    plain, traced = plain_and_traced(run_program, IMPORT + """
+import concurrent.futures as cf
+
+def work(x):
+    return x * 2
+
+def stall(x):
+    time.sleep(60)
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context("forkserver")
+    ex = cf.ProcessPoolExecutor(2, mp_context=ctx)
+    done = list(ex.map(work, range(4)))
+    stuck = ex.submit(stall, 1)
+    time.sleep(0.5)
+    getattr(ex, sys.argv[2])()
+    try:
+        outcome = repr(stuck.result(timeout=30))
+    except BaseException as e:
+        outcome = type(e).__name__
+    ex.shutdown(wait=True)
+    print(json.dumps([done, outcome, multiprocessing.active_children()]))
+""", stop)
+    assert traced.output() == plain.output()
+    assert traced.output()[0] == [0, 2, 4, 6] and traced.output()[2] == []
+    assert len(traced.events("pickle", channel="executor.call")) >= 5
+    assert traced.events("pickle", channel="executor.result")
+
+
+@needs_314
+def test_executor_map_with_buffersize(run_program):
+    plain, traced = plain_and_traced(run_program, IMPORT + """
+import concurrent.futures as cf
+
+def work(x):
+    return x * 2
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context("forkserver")
+    with cf.ProcessPoolExecutor(2, mp_context=ctx) as ex:
+        out = list(ex.map(work, range(20), buffersize=3))
+    print(json.dumps(out))
+""")
+    assert traced.output() == plain.output() == [x * 2 for x in range(20)]
+    calls = [r for r in traced.events("pickle", channel="executor.call")
+             if any(c["name"] == "__main__.work" for c in r["callables"])]
+    assert len(calls) == 20  # one work item each, chunksize 1
+
+
+@needs_314
+def test_manager_set_and_new_list_and_dict_methods(run_program):
+    plain, traced = plain_and_traced(run_program, IMPORT + """
+if __name__ == "__main__":
+    with multiprocessing.get_context("forkserver").Manager() as m:
+        s = m.set({1, 2})
+        s.add(3)
+        s |= {4}
+        s -= {1}
+        lst = m.list([1, 2, 3])
+        copied = lst.copy()
+        lst.clear()
+        d = m.dict(a=1)
+        d |= {"b": 2}
+        keys = d.fromkeys(["x", "y"], 0)
+        print(json.dumps([sorted(s), 3 in s, copied, len(lst), dict(d), keys,
+                          sorted(d | {"c": 3})]))
+""")
+    assert traced.output() == plain.output()
+    assert traced.output()[0] == [2, 3, 4]
+    manager = traced.events("pickle", channel="manager")
+    sent = {r["type"] for r in manager if r["process"] == "MainProcess"}
+    assert "builtins.tuple" in sent and len(manager) > 20
+
+
+@needs_315
+@pytest.mark.parametrize("on_error", ["ignore", "warn", "fail"])
+def test_set_forkserver_preload_on_error(run_program, on_error):
+    """3.15's on_error= decides what a preload that fails to import does; tracedmp adds its own
+    modules to the preload list and must not change the outcome."""
+    plain, traced = plain_and_traced(run_program, IMPORT + """
+import warnings
+
+def work(x):
+    return x + 1
+
+if __name__ == "__main__":
+    multiprocessing.set_forkserver_preload(["no_such_module_here"], on_error=sys.argv[2])
+    ctx = multiprocessing.get_context("forkserver")
+    try:
+        with ctx.Pool(1) as pool:
+            outcome = ["ok", pool.map(work, [1])]
+    except BaseException as e:
+        outcome = [type(e).__name__, getattr(e, "__notes__", None)]
+    print(json.dumps(outcome))
+""", on_error)
+    assert traced.output() == plain.output()
+    if on_error == "fail":
+        assert traced.output()[0] != "ok"
+    else:
+        assert traced.output() == ["ok", [2]]
+    assert ("no_such_module_here" in traced.stderr) == ("no_such_module_here" in plain.stderr)
