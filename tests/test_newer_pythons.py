@@ -424,3 +424,39 @@ if __name__ == "__main__":
     else:
         assert traced.output() == ["ok", [2]]
     assert ("no_such_module_here" in traced.stderr) == ("no_such_module_here" in plain.stderr)
+
+
+# -- conformance: what CPython's own suite noticed ---------------------------------------------
+
+def test_a_started_process_keeps_nothing_of_its_target_alive(run_program):
+    """CPython 3.14's test_multiprocessing_fork.test_misc was "env changed" when traced: its
+    test_forked_thread_not_started starts a fork Process whose target is a closure over a
+    Thread never started in the parent, and the process_start template cache kept the target
+    (and so the Thread, listed in threading._dangling) alive after the test.  Fork only (a
+    closure cannot be a spawn target); every Python; compared with a plain run."""
+    plain, traced = plain_and_traced(run_program, IMPORT + """
+import gc, threading, weakref
+
+def run_once(ctx):
+    q = ctx.Queue()
+    t = threading.Thread(target=lambda: q.put("done"), daemon=True)
+
+    def child():
+        t.start()
+        t.join()
+
+    p = ctx.Process(target=child)
+    p.start()
+    p.join(30)
+    said = q.get(timeout=30)
+    q.close()
+    q.join_thread()
+    return said, weakref.ref(t), weakref.ref(child)
+
+if __name__ == "__main__":
+    said, thread, target = run_once(multiprocessing.get_context("fork"))
+    gc.collect()
+    print(json.dumps([said, thread() is None, target() is None,
+                      sum(1 for t in threading._dangling if not t.is_alive())]))
+""")
+    assert traced.output() == plain.output() == ["done", True, True, 0]
