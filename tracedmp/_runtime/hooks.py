@@ -24,6 +24,7 @@ import threading
 import types
 from multiprocessing import process as _mp_process
 from time import perf_counter_ns, time, time_ns
+from weakref import ref as _ref
 
 from . import child as _child
 from . import tracer as _tracer
@@ -277,10 +278,20 @@ def _popen_hook(original: Any, method: str) -> Any:
 # hole.  Only targets that are functions or classes are cached (a bound method is new each time,
 # and would keep its object alive); the parent's pid is in the templates, so a forked child
 # starts with none.
-_start_templates: Dict[Tuple[int, str, bool], Tuple[Any, str, bytes]] = {}
+_start_templates: Dict[Tuple[int, str, bool], Tuple[Any, str, bytes]] = {}  # (weak target, ...)
 _START_HOLES = {"seq": b"%d", "child": b"%b", "child_pid": b"%d", "size": b"%b",
                 "duration_ns": b"%d"}  # and ts: _pickler.TS_HOLE
 _CACHED_TARGETS = (types.FunctionType, types.BuiltinFunctionType)
+
+
+def _weak(target: Any) -> Any:
+    """A weak reference to a cached target: a closure must not outlive the program's use of it
+    with all it holds (CPython 3.14's test_misc saw the unstarted Thread a fork target closed
+    over stay in threading._dangling).  Builtins take none and live with their module."""
+    try:
+        return _ref(target)
+    except TypeError:
+        return lambda: target
 
 
 # What a child that starts tracing imports.  A forkserver child is forked from the server: with
@@ -313,12 +324,12 @@ def _start_record(tracer: Any, process_obj: Any, launch: _Launch,
         name = _mp_process._current_process._name  # type: ignore[attr-defined]
         key = (id(who), launch.method, is_default_method(launch.method))
         hit = _start_templates.get(key)
-        if hit is None or hit[0] is not who or hit[1] is not name:
+        if hit is None or hit[0]() is not who or hit[1] is not name:
             from .render import TS_HOLE, template_of
 
             rec = _start_rec(tracer, process_obj, launch, pickled)
             try:
-                hit = (who, name, template_of(rec, {"ts": TS_HOLE, **_START_HOLES}))
+                hit = (_weak(who), name, template_of(rec, {"ts": TS_HOLE, **_START_HOLES}))
             except (TypeError, ValueError):  # the dict path renders what a template cannot
                 return rec, None
             if type(who) in _CACHED_TARGETS or isinstance(who, type):
