@@ -56,8 +56,8 @@ class Node:
 
 def explain(obj: Any, pickler: str = "pickle") -> Node:
     """Pickle ``obj`` as multiprocessing would (or with cloudpickle) and explain the bytes: at
-    the protocol the running Python's multiprocessing uses (its default: 5 from 3.14, else 4),
-    which the tree's last line names."""
+    the protocol the running Python's multiprocessing uses (its default: 5 from 3.14, else 4;
+    cloudpickle's own default is the highest), which the tree's last line names."""
     from .._runtime.picklers import dump_untraced
 
     buf = io.BytesIO()
