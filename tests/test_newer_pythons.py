@@ -107,6 +107,7 @@ import json, pickle, re, sys, threading
 if sys.argv[1] == "traced":
     import tracedmp
     tracedmp.configure(trace=sys.argv[2])
+ORIGINALS = (pickle.dumps, pickle.loads)
 from concurrent.futures import InterpreterPoolExecutor
 import helpers
 
@@ -127,6 +128,8 @@ if __name__ == "__main__":
     out = {}
     with InterpreterPoolExecutor(1) as ex:
         out["submit"] = outcome(lambda: ex.submit(helpers.work, 3, scale=[2][0]).result())
+        # between calls, the program's pickle functions are the originals
+        out["between"] = [pickle.dumps is ORIGINALS[0], pickle.loads is ORIGINALS[1]]
         out["map"] = outcome(lambda: list(ex.map(helpers.work, [1, 2])))
         out["raises"] = outcome(lambda: ex.submit(helpers.boom, 1).result())
         out["closure"] = outcome(lambda: ex.submit(local(), 1).result())
