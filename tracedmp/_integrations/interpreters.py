@@ -33,6 +33,7 @@ import importlib
 import io
 import pickle
 import threading
+import types
 from time import perf_counter_ns
 
 from .._runtime import tracer as _tracer
@@ -223,8 +224,12 @@ def _record_failure(tracer: Any, call: _Call, exc: BaseException, duration: int)
 
     if call.failures:  # the first part that failed to pickle is what could not be shared
         obj, cause, spent = call.failures[0]
-        record_error(tracer, obj, cause, spent, "interpreter.call", None,
-                     {"error": said(exc), "cause": said(cause)})
+        extra = {"error": said(exc), "cause": said(cause)}
+        if isinstance(obj, types.FunctionType):  # cloudpickle, the usual way out, has no say here
+            extra["hint"] = ("a function defined inside another function (or a lambda) cannot "
+                             "reach another interpreter: define it at module level, or make it "
+                             "use no globals and no closure (such functions are shared as code)")
+        record_error(tracer, obj, cause, spent, "interpreter.call", None, extra)
     else:  # nothing failed here: the result failed to pickle in the other interpreter
         rec = _tracer.base_record("pickle_error", None)
         rec.update(channel="interpreter.result", type=None, pickler="pickle",
