@@ -22,6 +22,7 @@ import pickle
 import sys
 import threading
 import types
+from multiprocessing import context as _mp_context
 from multiprocessing import process as _mp_process
 from time import perf_counter_ns, time, time_ns
 from weakref import ref as _ref
@@ -169,10 +170,7 @@ def _note_named_methods(context: Any) -> None:
 
 def is_default_method(method: str) -> bool:
     """Whether a child started with ``method`` got it because the program named none."""
-    from multiprocessing import context
-
-    default: Any = context._default_context  # its private fields are not in the stubs
-    if method != default._default_context._name or method in _named_methods:
+    if method in _named_methods or method != _mp_context._default_context._default_context._name:  # type: ignore[attr-defined]
         return False
     inherited = _mp_process._current_process._config.get(NAMED_KEY, ())  # type: ignore[attr-defined]
     return method not in inherited
