@@ -8,6 +8,8 @@ table, checks the traced run's trace, and exits 1 if the traced run has any fail
 hang or crash the plain run has not (or if its trace is not complete and parseable).
 
     python conformance/run.py --python 3.11 --methods fork,spawn,forkserver
+    tools/sid-python python3.14 conformance/run.py --python 3.14,3.15
+    python conformance/run.py --python 3.14 --suite concurrent_futures
 
 Standard library only; runs under any Python 3.9+.  See conformance/README.md.
 """
@@ -32,6 +34,8 @@ REPO = os.path.dirname(HERE)
 DRIVERS = os.path.join(HERE, "drivers")
 PYENV = os.path.expanduser("~/.pyenv/versions")
 METHODS = ("fork", "spawn", "forkserver")
+# test_concurrent_futures runs every start method itself: one run per Python, under this name.
+FUTURES = "futures"
 SUBMODULES = ("test_manager", "test_misc", "test_processes", "test_threads")
 # An upstream race makes it stall until its timeout before 3.13: deselected in both runs.
 STALLING_BEFORE_313 = ["*WithThreadsTestPool.test_terminate"]
@@ -46,14 +50,19 @@ def log(msg: str) -> None:
 # -- Pythons and venvs ------------------------------------------------------------------------
 
 def find_python(spec: str) -> str:
-    """``3.11``, ``3.11.7`` (under ~/.pyenv/versions) or a path to an interpreter."""
+    """``3.11``, ``3.11.7`` (under ~/.pyenv/versions, else ``python3.11`` on PATH, as inside
+    tools/sid-python for 3.14 and 3.15) or a path to an interpreter."""
     if os.sep in spec:
         return spec
     candidates = [d for d in glob.glob(os.path.join(PYENV, spec + "*"))
                   if re.fullmatch(re.escape(spec) + r"(\.\d+)*", os.path.basename(d))]
     candidates.sort(key=lambda d: [int(x) for x in os.path.basename(d).split(".")])
     if not candidates:
-        sys.exit(f"run.py: no Python {spec} under {PYENV}")
+        on_path = shutil.which(f"python{spec}") if re.fullmatch(r"\d+\.\d+", spec) else None
+        if on_path:
+            return on_path
+        sys.exit(f"run.py: no Python {spec} under {PYENV} nor python{spec} on PATH "
+                 f"(3.14 and 3.15: run this under tools/sid-python)")
     return os.path.join(candidates[-1], "bin", "python")
 
 
@@ -85,9 +94,22 @@ def ensure_venv(base_python: str, version: str, root: str, reinstall: bool) -> s
     return python
 
 
-def suite_selection(info: dict, method: str) -> tuple:
+def has_test(testdir: str, name: str) -> bool:
+    return os.path.isdir(os.path.join(testdir, name)) or os.path.exists(
+        os.path.join(testdir, name + ".py"))
+
+
+def suite_selection(info: dict, method: str, extra_testdir: str = "") -> tuple:
     """(test names, extra regrtest args) for one start method on this Python."""
     testdir = os.path.join(info["stdlib"], "test")
+    if method == FUTURES:
+        name = "test_concurrent_futures"
+        if has_test(testdir, name):
+            return [name], []
+        if extra_testdir and has_test(extra_testdir, name):
+            return [name], ["--testdir", extra_testdir]
+        sys.exit(f"run.py: Python {info['version']} has no {name} under {testdir}: give "
+                 f"--testdir (see conformance/README.md)")
     name = f"test_multiprocessing_{method}"
     if os.path.isdir(os.path.join(testdir, name)) or os.path.exists(
             os.path.join(testdir, name + ".py")):
@@ -104,7 +126,7 @@ def clean_env() -> dict:
 
 
 def run_suite(python: str, info: dict, method: str, mode: str, args, outdir: str) -> dict:
-    tests, extra = suite_selection(info, method)
+    tests, extra = suite_selection(info, method, args.testdir)
     tag = f"{info['version']}-{method}-{mode}"
     if args.tag:
         tag += f"-{args.tag}"
@@ -387,6 +409,13 @@ def main(argv=None) -> int:
                     help="comma-separated versions under ~/.pyenv/versions (3.11, 3.13.0) or "
                          "interpreter paths (default 3.11)")
     ap.add_argument("--methods", default="fork,spawn,forkserver")
+    ap.add_argument("--suite", default="multiprocessing",
+                    choices=("multiprocessing", "concurrent_futures"),
+                    help="test_multiprocessing_<method> (default), or test_concurrent_futures "
+                         "(every start method in one run; --methods is then ignored)")
+    ap.add_argument("--testdir", default="",
+                    help="where to find test_concurrent_futures for a Python that lacks it "
+                         "(e.g. Debian's libpython3.11-testsuite, unpacked)")
     ap.add_argument("--modes", default="plain,traced",
                     help="which runs to make, in order (default plain,traced)")
     ap.add_argument("--jobs", "-j", type=int, default=2,
@@ -420,6 +449,8 @@ def main(argv=None) -> int:
     for m in methods:
         if m not in METHODS:
             ap.error(f"unknown start method {m!r}")
+    if args.suite == "concurrent_futures":
+        methods = [FUTURES]
     for m in modes:
         if m not in ("plain", "traced"):
             ap.error(f"unknown mode {m!r}")

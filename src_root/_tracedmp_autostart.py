@@ -2,14 +2,16 @@
 
 ``tracedmp run`` sets that variable, so every interpreter of the traced program (children started
 by spawn, forkserver or ``python -E``/``-I`` included: .pth files still run for them) starts
-tracing.  It must not import multiprocessing itself: it waits for the program to import it, and
-installs tracedmp's hooks right after.
+tracing.  It must not import multiprocessing itself: it waits for the program to import it (or
+``concurrent.futures.interpreter``, whose InterpreterPoolExecutor pickles across interpreters
+and needs no multiprocessing), and installs tracedmp's hooks right after.
 """
 
 import os
 import sys
 
 _ENV = "TRACEDMP_AUTOSTART"
+_NAMES = ("multiprocessing", "concurrent.futures.interpreter")  # the first one imported starts
 _refused = False  # site may read the .pth file twice (a venv's site-packages): one line
 
 
@@ -23,7 +25,7 @@ def start() -> None:
                 f"tracedmp: {_ENV}={value!r} is not a process id (tracedmp run sets it to the "
                 "program's pid; to trace a program, use tracedmp run); tracing not started\n")
         return
-    if "multiprocessing" in sys.modules:
+    if any(name in sys.modules for name in _NAMES):
         _install()
     elif not any(isinstance(f, _Finder) for f in sys.meta_path):
         sys.meta_path.insert(0, _Finder())
@@ -43,12 +45,13 @@ def _install() -> None:
 
 
 class _Finder:
-    """Finds nothing itself: it wraps the loader of ``multiprocessing`` to run after it."""
+    """Finds nothing itself: it wraps the loader of ``multiprocessing`` (or of the interpreter
+    pool) to run after it."""
 
     def find_spec(self, name, path=None, target=None):
-        if name != "multiprocessing":
+        if name not in _NAMES:
             return None
-        sys.meta_path.remove(self)
+        sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _Finder)]
         import importlib.util
 
         spec = importlib.util.find_spec(name)

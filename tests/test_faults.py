@@ -62,8 +62,9 @@ def slow(x):
 
 if __name__ == "__main__":
     pool = multiprocessing.get_context("spawn").Pool(2)
-    pool.map_async(slow, range(200), chunksize=1)
-    time.sleep(1.0)
+    results = pool.imap_unordered(slow, range(200), chunksize=1)
+    next(results)  # workers are up and sending (a fixed sleep was too short on a loaded machine)
+    time.sleep(0.2)
     pool.terminate()
     pool.join()
     print("terminated")

@@ -425,7 +425,7 @@ def summarize(raw: Dict[str, Any], *, data: bytes, payload: Any, source: str, mo
         "platform": f"{sys.platform} {platform.machine()}",
         "cores": os.cpu_count(),
         "payload": {"source": source, "type": _type_name(payload), "size": len(data),
-                    "protocol": pickle.DEFAULT_PROTOCOL},
+                    "protocol": _protocol_of(data)},
         "settings": {"mode": mode, "tasks": tasks, "processes": processes, "repeat": repeat,
                      "methods": list(raw["pool"]), "default_chunksize":
                      _default_chunksize(tasks, processes), "sweep_method": sweep_method,
@@ -436,6 +436,12 @@ def summarize(raw: Dict[str, Any], *, data: bytes, payload: Any, source: str, mo
         "sweep": [{"chunksize": c, **_runs(v, tasks)} for c, v in raw["sweep"].items()],
         "notes": notes,
     }
+
+
+def _protocol_of(data: bytes) -> int:
+    """The protocol of a pickle multiprocessing wrote (its default: 5 from Python 3.14, else 4),
+    read from the pickle itself; 0 and 1 have no PROTO opcode."""
+    return data[1] if data[:1] == pickle.PROTO and len(data) > 1 else 0
 
 
 def _type_name(obj: Any) -> str:

@@ -43,6 +43,7 @@ INTEGRATIONS: Dict[str, str] = {
     "mpi4py": "engines",
     "ipyparallel": "engines",
     "pyspark": "engines",
+    "concurrent.futures.interpreter": "interpreters",  # InterpreterPoolExecutor, Python 3.14+
 }
 
 _installed: List[Any] = []  # integration modules installed, in order

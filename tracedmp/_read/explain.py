@@ -32,7 +32,8 @@ _LABEL = 200  # characters of a name kept in a label made from it (a pickle's na
 class Node:
     """One object in a pickle."""
 
-    __slots__ = ("kind", "label", "own", "children", "by", "ref", "memo_of", "value", "total")
+    __slots__ = ("kind", "label", "own", "children", "by", "ref", "memo_of", "value", "total",
+                 "protocol")
 
     def __init__(self, kind: str, label: str, own: int = 0,
                  children: Optional[List["Node"]] = None, by: str = "value") -> None:
@@ -45,6 +46,7 @@ class Node:
         self.memo_of: Optional[Node] = None
         self.value: Optional[str] = None  # a str leaf's text (module and names of globals)
         self.total = -1  # size, once the tree is complete
+        self.protocol: Optional[int] = None  # the root's: the pickle protocol it was written in
 
     @property
     def size(self) -> int:
@@ -60,11 +62,15 @@ class Node:
             d["ref"] = self.ref
         if self.children:
             d["children"] = [c.as_dict() for c in self.children]
+        if self.protocol is not None:
+            d["protocol"] = self.protocol
         return d
 
 
 def explain(obj: Any, pickler: str = "pickle") -> Node:
-    """Pickle ``obj`` as multiprocessing would (or with cloudpickle) and explain the bytes."""
+    """Pickle ``obj`` as multiprocessing would (or with cloudpickle) and explain the bytes: at
+    the protocol the running Python's multiprocessing uses (its default: 5 from 3.14, else 4;
+    cloudpickle's own default is the highest), which the tree's last line names."""
     from .._runtime.picklers import dump_untraced
 
     buf = io.BytesIO()
@@ -84,12 +90,15 @@ def explain_bytes(data: bytes) -> Node:
     root: Optional[Node] = None
     next_memo = 0
     pending_mark_bytes: List[int] = []
+    protocol = 0  # no PROTO opcode: protocol 0 or 1
 
     for (op, arg, pos), end in zip(ops, ends):
         n = end - pos
         name = op.name
         if name in ("PROTO", "FRAME"):
             header += n
+            if name == "PROTO":
+                protocol = arg
         elif name == "STOP":
             header += n
             root = stack.pop() if stack else Node("empty", "(nothing)")
@@ -200,6 +209,7 @@ def explain_bytes(data: bytes) -> Node:
         root = Node("empty", "(nothing)")
     root.own += header
     _freeze(root)
+    root.protocol = protocol
     return root
 
 
@@ -420,5 +430,7 @@ def render_tree(node: Node, *, depth: int = 8, width: int = 20) -> str:
                          f"[{_fmt(sum(k.size for k in hidden))}]")
 
     walk(node, "", True, 0, True)
+    if node.protocol is not None:
+        lines.append(f"(pickle protocol {node.protocol})")
     # Names in a pickle are the sender's: none may reach the terminal as a control sequence.
     return "\n".join([printable(line) for line in lines]) + "\n"

@@ -101,8 +101,11 @@ class Summary:
             key = (method, bool(r.get("pickled")))
             entry = self.starts.setdefault(key, {"start_method": method,
                                                  "pickled": bool(r.get("pickled")),
-                                                 "count": 0, "bytes": 0, "targets": {}})
+                                                 "count": 0, "bytes": 0, "targets": {},
+                                                 "default_method": 0})
             entry["count"] += 1
+            if r.get("default_method") is True:
+                entry["default_method"] += 1  # the program named no start method
             entry["bytes"] += _int(r.get("size"))
             target = _text(r.get("target")) if r.get("target") else "(run method)"
             entry["targets"][target] = entry["targets"].get(target, 0) + 1
@@ -490,6 +493,11 @@ def render_text(data: Dict[str, Any]) -> str:
             else:
                 add(f"  {s['start_method']:10} {s['count']:>5} started, nothing pickled: "
                     f"target and args inherited by fork ({targets})")
+            default = s.get("default_method")
+            if default:
+                every = "all" if default == s["count"] else f"{default} of them"
+                add(f"  {'':10} {'':5} {every}: the default start method (the program named "
+                    f"none)")
     if data.get("spawn_problems"):
         add("")
         add("Spawn check (would these fork-started processes start under spawn/forkserver?)")

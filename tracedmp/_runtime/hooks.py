@@ -8,6 +8,9 @@
 - ``multiprocessing.reduction.dump``: how spawn and forkserver write a child's launch data.
 - ``_Popen`` of ForkProcess, SpawnProcess and ForkServerProcess: one ``process_start`` record per
   child (``pickled: false`` under fork), and the settings handed to spawned children.
+- ``multiprocessing.context.BaseContext.get_context``: notes each start method the program names
+  (``set_start_method`` and ``get_context(name)`` both end there), so that a ``process_start``
+  can say whether its method was the Python's own default (forkserver on Linux from 3.14).
 
 Every patch remembers what it replaced; ``remove_patches`` puts back whatever is still ours.
 """
@@ -19,6 +22,7 @@ import pickle
 import sys
 import threading
 import types
+from multiprocessing import context as _mp_context
 from multiprocessing import process as _mp_process
 from time import perf_counter_ns, time, time_ns
 from weakref import ref as _ref
@@ -135,6 +139,43 @@ def patch_carrier(module: Any) -> None:
     _patch(module, "_ForkingPickler", active_pickler())
 
 
+# Start methods the program named (set_start_method, get_context(name)), as far as this process
+# saw: one in effect before tracing started counts as named, and a spawned child knows its
+# parent's from its process object (multiprocessing itself sets the parent's method there, so
+# its own state cannot tell).  A start with none of them used the method the Python picks.
+_named_methods: set = set()
+_named_seen = False
+NAMED_KEY = "tracedmp.named_methods"  # in a spawned child's process object's _config
+
+
+def _get_context_hook(original: Any) -> Any:
+    def get_context(self: Any, method: Optional[str] = None) -> Any:
+        if method is not None:
+            _named_methods.add(method)
+        return original(self, method)
+
+    get_context.__wrapped__ = original  # type: ignore[attr-defined]
+    return get_context
+
+
+def _note_named_methods(context: Any) -> None:
+    global _named_seen
+    if _named_seen:  # once a process: later, the program's own lazy choice would count
+        return
+    _named_seen = True
+    actual = context._default_context._actual_context
+    if actual is not None and _tracer.is_main_process():
+        _named_methods.add(actual._name)
+
+
+def is_default_method(method: str) -> bool:
+    """Whether a child started with ``method`` got it because the program named none."""
+    if method in _named_methods or method != _mp_context._default_context._default_context._name:  # type: ignore[attr-defined]
+        return False
+    inherited = _mp_process._current_process._config.get(NAMED_KEY, ())  # type: ignore[attr-defined]
+    return method not in inherited
+
+
 def install_patches(tracer: Any) -> None:
     global _config, _fork_hook_registered
     remove_patches()
@@ -142,6 +183,9 @@ def install_patches(tracer: Any) -> None:
 
     _config = tracer.config
     _start_templates.clear()
+    _note_named_methods(context)
+    _patch(context.BaseContext, "get_context",
+           _get_context_hook(context.BaseContext.__dict__["get_context"]))
     for name in ("multiprocessing.connection", "multiprocessing.queues"):
         module = sys.modules.get(name)
         if module is not None:
@@ -186,10 +230,13 @@ def _popen_hook(original: Any, method: str) -> Any:
         tracer = _tracer.current
         if tracer is None:
             _child.detach(process_obj)
+            process_obj._config.pop(NAMED_KEY, None)
             return original(process_obj)
         launch = _Launch(method, process_obj.name)
         if pickled:
             _child.attach(process_obj, tracer.config)
+            inherited = _mp_process._current_process._config.get(NAMED_KEY, ())  # type: ignore[attr-defined]
+            process_obj._config[NAMED_KEY] = tuple(sorted(_named_methods.union(inherited)))
             if method == "forkserver":
                 safely(_preload_in_forkserver)
         # The record is made ready before the launch: a parent that has just forked copies
@@ -230,7 +277,7 @@ def _popen_hook(original: Any, method: str) -> Any:
 # time), and weakly: a closure or lambda target must not stay alive with all it holds (40 starts
 # of a closure over 50 MB kept 2 GB).  The parent's pid is in the templates, so a forked child
 # starts with none.
-_start_templates: Dict[Tuple[int, str], Tuple[Any, str, bytes]] = {}
+_start_templates: Dict[Tuple[int, str, bool], Tuple[Any, str, bytes]] = {}  # (weak target, ...)
 _START_HOLES = {"seq": b"%d", "child": b"%b", "child_pid": b"%d", "size": b"%b",
                 "duration_ns": b"%d"}  # and ts: _pickler.TS_HOLE
 _CACHED_TARGETS = (types.FunctionType, types.BuiltinFunctionType)
@@ -264,7 +311,7 @@ def _start_record(tracer: Any, process_obj: Any, launch: _Launch,
         if who is None:
             who = type(process_obj)
         name = _mp_process._current_process._name  # type: ignore[attr-defined]
-        key = (id(who), launch.method)
+        key = (id(who), launch.method, is_default_method(launch.method))
         hit = _start_templates.get(key)
         if hit is None or hit[0]() is not who or hit[1] is not name:
             from .render import TS_HOLE, template_of
@@ -298,6 +345,7 @@ def _start_rec(tracer: Any, process_obj: Any, launch: _Launch, pickled: bool) ->
     rec["child_pid"] = None
     rec["target"] = _target_name(process_obj, qualified_name)
     rec["pickled"] = pickled
+    rec["default_method"] = is_default_method(launch.method)
     rec["size"] = None
     rec["duration_ns"] = None
     if not pickled and tracer.config.check_spawn:
