@@ -413,8 +413,8 @@ def test_library_still_importing_when_tracing_starts(tmp_path, monkeypatch):
         from tracedmp._runtime import tracer
 
         tracer.current.sink.flush()
-        return [json.loads(line)["engine"] for line in trace.read_text().splitlines()
-                if json.loads(line)["event"] == "untraced"]
+        records = [json.loads(line) for line in trace.read_text().splitlines() if line.strip()]
+        return [r["engine"] for r in records if r["event"] == "untraced"]
 
     assert engines_named() == []  # not yet: the module is still running
     module.__spec__._initializing = False
