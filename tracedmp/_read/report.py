@@ -276,7 +276,11 @@ class Summary:
 
 
 def summarize(records: Iterable[Mapping[str, Any]], *, top: int = 10) -> Dict[str, Any]:
-    """The report's data for ``records`` (any iterable of records)."""
+    """The report's data for ``records`` (any iterable of records).
+
+    Given a :class:`~tracedmp.Trace`, ``data["lost"]`` says what the file lost (records cut
+    off, ``seq`` numbers missing per process, lines skipped); else it is ``None``.
+    """
     summary = Summary(top=top)
     for r in records:
         summary.add(r)
