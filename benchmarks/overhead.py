@@ -32,7 +32,7 @@ from workloads import PEER_WORKLOADS, WORKLOADS  # noqa: E402
 PEERS = ("multiprocess", "loky")
 
 # Figures to reach (core and by-value issues): traced/plain, off/plain, cloudpickle/traced.
-GOALS = {"tiny_tasks": 1.15, "big_args": 1.03, "start_spawn": 1.05,
+GOALS = {"tiny_tasks": 1.15, "big_args": 1.03, "start_spawn": 1.05, "huge_args": 1.05,
          # joblib (issue 14): CPU of the process tree
          "joblib_tiny_tasks": 1.10, "joblib_memmap": 1.03}
 OFF_GOAL = 1.01
@@ -43,10 +43,13 @@ def run_once(mode: str, name: str, trace_dir: str) -> Dict[str, float]:
     env = dict(os.environ)
     env.pop("TRACEDMP_AUTOSTART", None)
     env.pop("TRACEDMP_PICKLER", None)
-    if mode in ("traced", "cloudpickle"):
+    env.pop("TRACEDMP_PARTS_THRESHOLD", None)
+    if mode in ("traced", "cloudpickle", "noparts"):
         env["TRACEDMP_TRACE"] = os.path.join(trace_dir, f"{name}-{time.monotonic_ns()}.jsonl")
         if mode == "cloudpickle":
             env["TRACEDMP_PICKLER"] = "cloudpickle"
+        if mode == "noparts":  # traced, large pickles not naming their parts
+            env["TRACEDMP_PARTS_THRESHOLD"] = "off"
     elif mode == "off":
         env["TRACEDMP_TRACE"] = "off"
     out = subprocess.run(
@@ -83,7 +86,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--only", default="", help="comma-separated workload names")
     parser.add_argument("--modes", default="plain,traced,off,cloudpickle,peers",
-                        help="variants; 'peers' adds multiprocess and loky where installed")
+                        help="variants; 'peers' adds multiprocess and loky where installed; "
+                        "'noparts' is traced with parts_threshold off")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args()
     names = [n for n in (args.only.split(",") if args.only else WORKLOADS) if n]
@@ -116,6 +120,8 @@ def main() -> int:
     columns = [(m, "plain") for m in modes[1:]]
     if "cloudpickle" in modes and "traced" in modes:
         columns.append(("cloudpickle", "traced"))
+    if "noparts" in modes and "traced" in modes:
+        columns.append(("traced", "noparts"))  # what naming the parts costs
     print(f"{'workload':26} {'plain s':>8}  " + "  ".join(f"{a + '/' + b:>31}" for a, b in columns))
     table = {}
     for name in names:

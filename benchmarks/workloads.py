@@ -2,7 +2,8 @@
 
 MODE is ``plain`` (import multiprocessing), ``traced`` (import tracedmp as multiprocessing, with
 TRACEDMP_TRACE set by the caller), ``cloudpickle`` (traced, TRACEDMP_PICKLER=cloudpickle),
-``off`` (import tracedmp, TRACEDMP_TRACE=off), or a peer where installed: ``multiprocess``
+``off`` (import tracedmp, TRACEDMP_TRACE=off), ``noparts`` (traced, TRACEDMP_PARTS_THRESHOLD=off),
+or a peer where installed: ``multiprocess``
 (multiprocessing with dill) and ``loky`` (its reusable executor, for the Pool workloads only).
 The script prints the seconds the workload itself took, as JSON, leaving interpreter start-up
 out, and the CPU time of the process tree.

@@ -134,6 +134,31 @@ def main() -> None:
         t = trace("manager", tmp)
         write("manager.report.txt", section(tracedmp("report", t, "--channel", "manager",
                                                      cwd=tmp), "By type"))
+        write("why_big.manager.txt", section(tracedmp("report", t, cwd=tmp),
+                                             "Manager messages by method"))
+
+        why_big(tmp)
+
+
+def why_big(tmp: str) -> None:
+    """docs/why-big.md: the parts of large pickles, and the traps the report names."""
+    t = trace("bound_method", tmp)
+    task = next(r for r in records(t, channel="pool.task") if r.get("parts"))
+    write("why_big.bound_method.record.json", json.dumps(task, indent=1))
+    report = tracedmp("report", t, cwd=tmp)
+    write("why_big.bound_method.largest.txt", section(report, "Largest pickles"))
+    write("why_big.bound_method.findings.txt", section(report, "Findings"))
+    write("why_big.explain_method.txt", tracedmp("explain", "bound_method.Model().predict",
+                                                 cwd=EXAMPLES))
+    t = trace("same_argument", tmp)
+    write("why_big.same_argument.findings.txt", section(tracedmp("report", t, cwd=tmp),
+                                                        "Findings"))
+    t = trace("launch_data", tmp)
+    launch = next(r for r in records(t, channel="process", part="process_object")
+                  if r.get("parts"))
+    write("why_big.launch_data.record.json", json.dumps(launch, indent=1))
+    write("why_big.launch_data.findings.txt", section(tracedmp("report", t, cwd=tmp),
+                                                      "Findings"))
 
 
 if __name__ == "__main__":

@@ -11,12 +11,12 @@ from tracedmp import read_trace, summarize
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 
 
-def run_example(tmp_path, name, *extra):
+def run_example(tmp_path, name, *extra, args=()):
     trace = tmp_path / f"{os.path.basename(name)}.jsonl"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRACEDMP_")}
     proc = subprocess.run(
         [sys.executable, "-m", "tracedmp", "run", *extra, "--trace", str(trace),
-         os.path.join(EXAMPLES, f"{name}.py")],
+         os.path.join(EXAMPLES, f"{name}.py"), *args],
         capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout, list(read_trace(trace))
@@ -35,7 +35,9 @@ def test_pool_big_argument(tmp_path):
     out, records = run_example(tmp_path, "pool_big_argument")
     assert out.startswith("40 results")
     kinds = {f["kind"] for f in summarize(records)["findings"]}
-    assert "large_args_per_task" in kinds
+    # The table is items[k][0] of every chunk: the parts name it (the older, size-only
+    # large_args_per_task gives way to that).
+    assert "same_large_argument" in kinds and "large_args_per_task" not in kinds
 
 
 @pytest.mark.parametrize("pickler", ["pickle", "cloudpickle"])
@@ -110,3 +112,41 @@ def test_joblib_arrays(tmp_path):
     assert sent == {"memmap", "copy"}
     assert [r.backend for r in records if r.event == "parallel"] == [
         "loky", "loky", "threading"]
+
+
+def _findings(records):
+    return {f["kind"]: f for f in summarize(records)["findings"]}
+
+
+def test_bound_method(tmp_path):
+    out, records = run_example(tmp_path, "bound_method")
+    assert out.startswith("64 predictions")
+    finding = _findings(records)["bound_method_self"]
+    assert finding["path"] == "func.__self__" and finding["callable"] == "__main__.Model.predict"
+    assert finding["count"] == 8 and finding["size"] > 4_000_000
+
+
+def test_same_argument(tmp_path):
+    out, records = run_example(tmp_path, "same_argument")
+    assert out.startswith("64 + 8 matches")
+    same = [f for f in summarize(records)["findings"] if f["kind"] == "same_large_argument"]
+    assert {(f["channel"], f["path"], f["count"]) for f in same} == {
+        ("pool.task", "items[*][0]", 8), ("executor.call", "items[*][0]", 8)}
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver", "fork"])
+def test_launch_data(tmp_path, method):
+    out, records = run_example(tmp_path, "launch_data", args=(method,))
+    assert out.strip() == "4 workers, 12000 samples seen"
+    finding = _findings(records).get("large_launch_data")
+    if method == "fork":
+        assert finding is None  # inherited: nothing pickled
+    else:
+        assert finding["path"] == "target.__self__.dataset" and finding["count"] == 4
+
+
+def test_lambda_cloudpickle_names_the_captured_data(tmp_path):
+    _, records = run_example(tmp_path, "lambda_cloudpickle", "--pickler", "cloudpickle")
+    finding = _findings(records)["captured_data"]
+    assert finding["path"] == "func.__closure__[0]" and finding["count"] == 20
+    assert "captured variable 'table'" in finding["message"]

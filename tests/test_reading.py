@@ -88,7 +88,7 @@ def test_report_json_filters_and_top(real_trace):
     assert [row["name"] for row in data["by_channel"]] == ["pool.task"]
     assert len(data["largest"]) <= 3 and len(data["by_type"]) <= 3
     kinds = {f["kind"] for f in data["findings"]}
-    assert {"large_args_per_task", "small_chunks"} <= kinds
+    assert {"same_large_argument", "small_chunks"} <= kinds
     lookup = next(r for r in data["by_callable"] if r["name"] == "__main__.lookup")
     assert lookup["count"] == 20 and lookup["median_size"] > 50_000
     pid = data["runs"][0]["pid"]

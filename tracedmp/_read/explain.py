@@ -332,8 +332,11 @@ def _call(func: Node, args: Node, n: int) -> Node:
         return node
     if ref == "builtins.getattr" and len(args.children) == 2:
         owner, attr = args.children
-        label = f"getattr(..., {_short(attr.label)})"
-        return Node("call", label, n + func.size + args.own, [owner, attr],
+        # A bound method: its instance is the part a trace names func.__self__.
+        label = f"method {_short(_text(attr))}" if owner.kind != "global" \
+            else f"getattr(..., {_short(attr.label)})"
+        kids = [_labelled(".__self__", owner), attr] if owner.kind != "global" else [owner, attr]
+        return Node("call", label, n + func.size + args.own, kids,
                     by="reference" if owner.kind == "global" else "value")
     node = Node("call", f"{_name(func)}(...)", n + func.size + args.own, args.children,
                 by="value")
@@ -342,16 +345,17 @@ def _call(func: Node, args: Node, n: int) -> Node:
 
 
 def _attach_state(target: Node, state: Node) -> None:
-    # A dict state of string keys reads as attributes; anything else stays as one child.
+    # A dict state of string keys reads as attributes (.name, as the trace's parts name them);
+    # anything else stays as one child.
     if state.kind == "dict":
         target.own += state.own
-        target.children.extend(state.children)
+        target.children.extend(_as_attributes(state.children))
     elif state.kind == "tuple" and len(state.children) == 2:  # (dict, slots)
         target.own += state.own
         for part in state.children:
             if part.kind == "dict":
                 target.own += part.own
-                target.children.extend(part.children)
+                target.children.extend(_as_attributes(part.children))
             elif part.kind != "None":
                 target.children.append(part)
             else:
@@ -364,10 +368,26 @@ def _pairs(items: List[Node]) -> List[Node]:
     out = []
     for key, value in zip(items[0::2], items[1::2]):
         source = key.memo_of if key.kind == "memo" and key.memo_of is not None else key
-        label = repr(_short(_text(key), 40)) if source.kind == "str" else \
+        label = f"[{_short(_text(key), 40)!r}]" if source.kind == "str" else \
             f"[{_short(source.label)}]"
-        out.append(_labelled(label, value, key.size))
+        node = _labelled(label, value, key.size)
+        node.value = _text(key) if source.kind == "str" else None  # the key, for attributes
+        out.append(node)
     return out
+
+
+def _as_attributes(items: List[Node]) -> List[Node]:
+    for item in items:
+        if item.kind == "item" and item.value is not None:
+            item.label = f".{item.value}"
+            if item.value == "__closure__" and item.children:
+                _index(item.children[0])
+    return items
+
+
+def _index(node: Node) -> None:
+    """Label a tuple's or list's members with their index, as a trace's paths do."""
+    node.children = [_labelled(f"[{i}]", c) for i, c in enumerate(node.children)]
 
 
 def _labelled(label: str, value: Node, extra: int = 0) -> Node:

@@ -11,6 +11,7 @@ import math
 from array import array
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
+from .attribution import Parts, is_library, user_first
 from .reader import Trace, printable, read_trace
 
 __all__ = ["Summary", "losses", "render_text", "summarize"]
@@ -70,6 +71,9 @@ class Summary:
         self.unpickles = _Group()
         self._smallest_kept = 0
         self.libraries = _Libraries()  # joblib and loky, and the engines not traced
+        self.parts = Parts()
+        self.children: Dict[str, str] = {}  # child name -> target, for launch data findings
+        self.manager: Dict[tuple, _Group] = {}  # (method, message) -> messages
 
     def add(self, r: Mapping[str, Any]) -> None:
         self.records += 1
@@ -109,6 +113,8 @@ class Summary:
             entry["bytes"] += _int(r.get("size"))
             target = _text(r.get("target")) if r.get("target") else "(run method)"
             entry["targets"][target] = entry["targets"].get(target, 0) + 1
+            if isinstance(r.get("child"), str) and len(self.children) < 100_000:
+                self.children[r["child"]] = target
             check = r.get("spawn_check")
             if isinstance(check, dict) and check.get("would_pickle") is False:
                 self.spawn_problems.append({"child": r.get("child"), "target": target, **check})
@@ -116,6 +122,8 @@ class Summary:
             run = {k: r.get(k) for k in ("program", "python", "tracedmp", "pickler", "pid")}
             run["ts"] = finite(r.get("ts"))
             self.runs.append(run)
+            if type(r.get("parts_threshold")) is int:
+                self.parts.threshold = r["parts_threshold"]
         elif event == "unpickle":
             self.unpickles.add(_int(r.get("size")), _int(r.get("duration_ns")))
         elif event in ("parallel", "untraced"):
@@ -144,6 +152,20 @@ class Summary:
             self._keep_large(r, size, channel, names)
         if "arrays" in r:
             self.libraries.arrays_of(r, channel)
+        if "parts" in r or "parts_skipped" in r:
+            if channel == "process":
+                sender = ""
+            elif channel == "manager":
+                sender = _text(r.get("method"))
+            else:
+                sender = _user_callable(tuple(n for n, _ in names))
+            self.parts.add(r, channel, sender, size)
+        if channel == "manager" and isinstance(r.get("method"), str):
+            method_key = (r["method"], _text(r.get("message")))
+            g = self.manager.get(method_key)
+            if g is None:
+                self.manager[method_key] = g = _Group()
+            g.add(size, ns)
 
     def _keep_large(self, r: Mapping[str, Any], size: int, channel: str, names: tuple) -> None:
         # Largest pickles, identical ones (same size, carrier, type, names, process) counted once.
@@ -153,9 +175,14 @@ class Summary:
             entry[1] += 1
             return
         example = {k: r.get(k) for k in ("kind", "process", "pid", "start_method",
-                                         "duration_ns", "part", "child")}
+                                         "duration_ns", "part", "child", "method")}
+        ordered = user_first(dict.fromkeys(n for n, _ in names))
+        kinds = dict(names)
         example.update(size=size, channel=channel, type=shape[2],
-                       callables=[{"name": n, "kind": k} for n, k in names])
+                       callables=[{"name": n, "kind": kinds[n]} for n in ordered])
+        parts = r.get("parts")
+        if isinstance(parts, list):
+            example["parts"] = [p for p in parts if isinstance(p, dict)][:5]
         self.largest[shape] = [size, 1, example]
         if len(self.largest) >= 8 * self.top:
             kept = heapq.nlargest(4 * self.top, self.largest.items(), key=lambda kv: kv[1][0])
@@ -165,7 +192,7 @@ class Summary:
     def _tables(self) -> Dict[str, Dict[Any, _Group]]:
         tables: Dict[str, Dict[Any, _Group]] = {
             "total": {}, "channel": {}, "method": {}, "type": {}, "callable": {}, "value": {},
-            "task": {}}
+            "task": {}, "library": {}}
         for (channel, method, type_name, names), g in self.combos.items():
             _group(tables["total"], None).merge(g)
             _group(tables["channel"], channel).merge(g)
@@ -177,6 +204,8 @@ class Summary:
                 continue  # launch data names multiprocessing's own machinery: see process starts
             for name in dict.fromkeys(n for n, _ in names):
                 _group(tables["callable"], name).merge(g)
+            for package in dict.fromkeys(n.split(".", 1)[0] for n, _ in names if is_library(n)):
+                _group(tables["library"], package).merge(g)
             for name in dict.fromkeys(n for n, kind in names if kind == "value"):
                 _group(tables["value"], name).merge(g)
         return tables
@@ -192,6 +221,11 @@ class Summary:
             return rows[:limit] if limit else rows
 
         errors = sorted(self.errors.values(), key=lambda e: -e["count"])
+        callables = table(tables["callable"])
+        for row in callables:
+            row["library"] = is_library(str(row["name"]))
+        # The program's own functions first; libraries' grouped by package below them.
+        users = [row for row in callables if not row["library"]]
         return {
             "records": self.records,
             "runs": self.runs,
@@ -201,7 +235,14 @@ class Summary:
             "by_channel": table(tables["channel"]),
             "by_start_method": table(tables["method"]),
             "by_type": table(tables["type"], self.top),
-            "by_callable": table(tables["callable"], self.top),
+            "by_callable": (users + [row for row in callables if row["library"]])[:self.top],
+            "by_library": table(tables["library"], self.top),
+            "manager_methods": [
+                {"method": m, "message": msg, **g.as_dict()}
+                for (m, msg), g in sorted(self.manager.items(),
+                                          key=lambda kv: (-kv[1].bytes, kv[0]))][:self.top],
+            "largest_parts": self.parts.largest(self.top),
+            "parts_threshold": self.parts.threshold,
             "by_value": table(tables["value"]),
             "largest": [
                 {**example, "count": count}
@@ -220,12 +261,13 @@ class Summary:
 
     def _findings(self, span: float, total: _Group,
                   tables: Dict[str, Dict[Any, _Group]]) -> List[Dict[str, Any]]:
-        out = []
+        out = self._attribution_findings()
+        named = {(f.get("channel"), f.get("callable")) for f in out}
         for (channel, names), g in tables["task"].items():
             sizes = sorted(g.sizes)
             median = sizes[(len(sizes) - 1) // 2]
             what = _user_callable(names)
-            if g.count >= 10 and median >= 64 * 1024:
+            if g.count >= 10 and median >= 64 * 1024 and (channel, what) not in named:
                 out.append({
                     "kind": "large_args_per_task",
                     "message": (f"{g.count} {channel} messages calling {what} each carried "
@@ -273,6 +315,12 @@ class Summary:
                             ": see the spawn check below"),
                 "count": len(self.spawn_problems)})
         return out
+
+    def _attribution_findings(self) -> List[Dict[str, Any]]:
+        """The traps the large pickles' parts name (bound methods, captured data, the same
+        large argument again, launch data, views); see ``attribution``."""
+        starts = ({"child": c, "target": t} for c, t in self.children.items())
+        return self.parts.findings(starts)
 
 
 def summarize(records: Iterable[Mapping[str, Any]], *, top: int = 10) -> Dict[str, Any]:
@@ -397,11 +445,20 @@ _MACHINERY = ("multiprocessing.", "concurrent.futures.", "cloudpickle.", "copyre
 
 
 def _user_callable(names: tuple) -> str:
-    """The program's own function among what a task names (not the transport's helpers)."""
+    """The program's own function among what a task names (not the transport's helpers, nor
+    a library's when the program's own is there)."""
     for name in names:
-        if not name.startswith(_MACHINERY):
+        if not name.startswith(_MACHINERY) and not is_library(name):
+            return name
+    for name in names:  # a library's or a builtin: the first the transport did not add
+        if not name.startswith(_TRANSPORT):
             return name
     return names[-1] if names else "a function"
+
+
+# What multiprocessing and the picklers add around the program's function in a task.
+_TRANSPORT = ("multiprocessing.", "concurrent.futures.", "cloudpickle.", "copyreg.",
+              "functools.partial", "builtins.getattr")
 
 
 def _group(groups: Dict[Any, _Group], key: Any) -> _Group:
@@ -484,7 +541,18 @@ def render_text(data: Dict[str, Any]) -> str:
     table("By channel", data["by_channel"])
     table("By start method", data["by_start_method"])
     table("By type (top-level object)", data["by_type"])
-    table("By callable (pickles that name it)", data["by_callable"])
+    users = [r for r in data["by_callable"] if not r.get("library")]
+    table("By callable (pickles that name it; the program's own first)",
+          users or data["by_callable"])
+    if users and data.get("by_library"):
+        table("  Libraries (pickles that name any of their functions or classes)",
+              data["by_library"])
+    if data.get("manager_methods"):
+        add("")
+        add("Manager messages by method")
+        for m in data["manager_methods"]:
+            add(f"  {m['method'] + ' ' + m['message']:30} {m['count']:>8} "
+                f"{_fmt_bytes(m['bytes']):>10}  max {_fmt_bytes(m['max_size'])}")
 
     if data["process_starts"]:
         add("")
@@ -516,8 +584,20 @@ def render_text(data: Dict[str, Any]) -> str:
             names = ", ".join(f"{c.get('name')} ({c.get('kind')})"
                               for c in r.get("callables") or [])
             times = f" x{r['count']}" if r.get("count", 1) > 1 else ""
-            add(f"  {_fmt_bytes(r['size']):>10}{times:>6}  {r['channel']:<14} {r['type']}  in "
-                f"{r['process']} (pid {r['pid']})" + (f"  names: {names}" if names else ""))
+            method = f" {r['method']}" if r.get("method") else ""
+            add(f"  {_fmt_bytes(r['size']):>10}{times:>6}  {r['channel']:<14} {r['type']}{method}"
+                f"  in {r['process']} (pid {r['pid']})" + (f"  names: {names}" if names else ""))
+            for p in r.get("parts") or ():
+                add(f"  {'':>16}  {p.get('path')}: {p.get('type')} "
+                    f"{_fmt_bytes(p.get('size') or 0)}")
+
+    if data.get("largest_parts"):
+        add("")
+        add("Largest parts (summed over the trace)")
+        for p in data["largest_parts"]:
+            sender = f" calling {p['sender']}" if p.get("sender") else ""
+            add(f"  {_fmt_bytes(p['bytes']):>10}  {p['path']} ({p['type']}) in {p['messages']} "
+                f"{p['channel']} message(s){sender}, max {_fmt_bytes(p['max_size'])}")
 
     if data["by_value"]:
         add("")

@@ -150,6 +150,7 @@ def attach(process_obj: "Any", config: "Any") -> None:
         "unpickle": config.unpickle,
         "check_spawn": config.check_spawn,
         "diagnose": config.diagnose,
+        "parts_threshold": config.parts_threshold,
     }
     process_obj._config[KEY] = ChildSettings(settings)
 

@@ -26,6 +26,8 @@ ENV_PICKLER = "TRACEDMP_PICKLER"
 ENV_UNPICKLE = "TRACEDMP_UNPICKLE"
 ENV_CHECK_SPAWN = "TRACEDMP_CHECK_SPAWN"
 ENV_DIAGNOSE = "TRACEDMP_DIAGNOSE"
+ENV_PARTS_THRESHOLD = "TRACEDMP_PARTS_THRESHOLD"
+PARTS_THRESHOLD = 64 * 1024  # pickles this large or larger say which parts weigh the most
 _OFF = {"off", "0", "false", "no", "none", ""}
 _ON = {"1", "true", "yes", "on"}
 
@@ -36,7 +38,8 @@ class Config:
     starts when no path was chosen (a default file in the working directory is then used).
     """
 
-    __slots__ = ("trace", "pickler", "unpickle", "check_spawn", "processors", "diagnose")
+    __slots__ = ("trace", "pickler", "unpickle", "check_spawn", "processors", "diagnose",
+                 "parts_threshold")
 
     trace: Union[str, bool, None]
     pickler: str
@@ -44,12 +47,14 @@ class Config:
     check_spawn: bool
     diagnose: bool
     processors: Tuple[Processor, ...]
+    parts_threshold: int  # 0: off
 
     def __init__(self, trace: Union[str, bool, None] = None, pickler: str = "pickle",
                  unpickle: bool = False, check_spawn: bool = False,
-                 processors: Tuple[Processor, ...] = (), diagnose: bool = True) -> None:
+                 processors: Tuple[Processor, ...] = (), diagnose: bool = True,
+                 parts_threshold: int = PARTS_THRESHOLD) -> None:
         for name, value in zip(self.__slots__, (trace, pickler, unpickle, check_spawn,
-                                                processors, diagnose)):
+                                                processors, diagnose, parts_threshold)):
             object.__setattr__(self, name, value)
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -96,6 +101,9 @@ def resolve() -> Config:
         cfg = cfg.replace(check_spawn=_env_bool(env[ENV_CHECK_SPAWN], ENV_CHECK_SPAWN))
     if ENV_DIAGNOSE in env:
         cfg = cfg.replace(diagnose=_env_bool(env[ENV_DIAGNOSE], ENV_DIAGNOSE))
+    if ENV_PARTS_THRESHOLD in env:
+        cfg = cfg.replace(parts_threshold=check_threshold(env[ENV_PARTS_THRESHOLD],
+                                                           ENV_PARTS_THRESHOLD))
     return cfg.replace(**_explicit)
 
 
@@ -133,6 +141,25 @@ def check_bool(value: Any, name: str) -> bool:
     if isinstance(value, bool):
         return value
     raise ConfigError(f"{name}={value!r} must be True or False")
+
+
+def check_threshold(value: Any, name: str) -> int:
+    """A size in bytes (``65536``, ``"64k"``, ``"1m"``), or off (``False``, ``0``, ``"off"``)."""
+    if value is False:
+        return 0
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _OFF:
+            return 0
+        scale = {"k": 1024, "m": 1024 * 1024}.get(text[-1:], 1)
+        digits = text[:-1] if scale > 1 else text
+        if digits.isdigit():
+            return int(digits) * scale
+    raise ConfigError(
+        f"{name}={value!r} is not a size in bytes; give a number of bytes (65536, '64k', '1m'), "
+        "or 0/'off' to name no parts")
 
 
 def _env_bool(value: str, name: str) -> bool:

@@ -59,6 +59,9 @@ def activate(config: Optional[_config.Config] = None, *,
     records = sys.modules.get("tracedmp._runtime.records")  # only if imported: see hooks
     if records is not None:
         records.forget_templates()
+    parts = sys.modules.get("tracedmp._runtime.parts")  # imported once a pickle was large
+    if parts is not None:
+        parts.forget_budgets()
     _tracer.current = tracer
     if main:
         from .._version import __version__  # only the main process writes trace_start
@@ -70,6 +73,7 @@ def activate(config: Optional[_config.Config] = None, *,
             platform=sys.platform,
             program=os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else None,
             pickler=cfg.pickler,
+            parts_threshold=cfg.parts_threshold,
         )
         tracer.emit(rec)
     if announce:
@@ -153,6 +157,7 @@ def configure(
     check_spawn: bool = _UNSET,
     processors: Optional[Sequence[Processor]] = _UNSET,
     diagnose: bool = _UNSET,
+    parts_threshold: Union[int, bool, None] = _UNSET,
 ) -> None:
     """Set tracing options; arguments left out keep their current setting.
 
@@ -166,6 +171,9 @@ def configure(
     - ``diagnose``: after a pickling failure, search for the path to the failing part by
       pickling parts of the object again (Pythons before 3.14, which do not say it; this runs
       the program's reducers again, within a budget). ``False``: no search.
+    - ``parts_threshold``: pickles of at least this many bytes (or ``"64k"``, ``"1m"``) name
+      their largest parts (``parts`` in the record; default 64 KiB); ``False`` or ``0`` turns
+      that off.
 
     Giving a path as ``trace`` starts tracing at once; other changes apply to tracing that is
     already running and are used when it starts.
@@ -183,6 +191,9 @@ def configure(
         new["processors"] = _config.check_processors(processors)
     if diagnose is not _UNSET:
         new["diagnose"] = _config.check_bool(diagnose, "diagnose")
+    if parts_threshold is not _UNSET:
+        new["parts_threshold"] = (None if parts_threshold is None else
+                                  _config.check_threshold(parts_threshold, "parts_threshold"))
     _config._explicit.clear()
     _config._explicit.update({k: v for k, v in new.items() if v is not None})
     reconfigure(start=isinstance(new.get("trace"), str))

@@ -17,6 +17,7 @@ Every patch remembers what it replaced; ``remove_patches`` puts back whatever is
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import sys
@@ -108,8 +109,23 @@ def traced_dump(obj: Any, file: Any, protocol: Optional[int] = None) -> None:
     size = counter.count if counter is not None else file.tell() - before
     if launch is not None:
         launch.size += size
+    extra = _launch_fields(launch, obj)
+    if size >= tracer.parts_at and before is not None and isinstance(file, io.BytesIO):
+        extra = safely(_parts_of_dump, file, before, channel, extra, duration) or extra
     safely(record_pickle, tracer, obj, size, duration, refs, pickler._tracedmp_by_value,
-            channel, launch and launch.method, _launch_fields(launch, obj))
+            channel, launch and launch.method, extra)
+
+
+def _parts_of_dump(file: io.BytesIO, before: int, channel: str, extra: Optional[dict],
+                   duration: int) -> dict:
+    # spawn and forkserver write launch data into a BytesIO: read the pickle where it is.
+    from . import parts
+
+    fields = dict(extra or {})
+    with file.getbuffer() as whole, whole[before:] as view:  # released: the file grows again
+        fields.update(parts.fields(view, channel, fields.get("part"), duration,
+                                   (channel, fields.get("part"))))
+    return fields
 
 
 def _launch_fields(launch: Any, obj: Any) -> Optional[dict]:

@@ -33,7 +33,8 @@ TYPE_CHECKING = False  # typing costs milliseconds to import, in every spawned c
 if TYPE_CHECKING:
     from typing import Any, Dict, List, Optional, Set, Tuple
 
-__all__ = ["TracingPickler", "dump_untraced", "pickler_class", "record_error", "traced_loads"]
+__all__ = ["TracingPickler", "dump_untraced", "manager_fields", "pickler_class", "record_error",
+           "traced_loads"]
 
 # Objects the trace lists under "callables": functions, methods and classes (any metaclass).
 _CALLABLE_TYPES = frozenset(
@@ -83,6 +84,10 @@ class _Traced:
             raise
         duration = perf_counter_ns() - start
         view = buf.getbuffer()
+        size = len(view)
+        if size >= tracer.parts_at:  # large: say which parts weigh the most
+            safely(_record_large, tracer, obj, view, duration, pickler, sys._getframe(1))
+            return view
         # The usual case inline (a Python call costs ~0.1 us, a small Pool task ~3 us of
         # pickling): the thread pickles from its last call site, the same kind of message
         # again, so the site's template takes the four numbers that change.
@@ -105,18 +110,74 @@ class _Traced:
                         and hit.first_is_obj is (n > 0 and refs[0] is obj)
                         and hit.context is _default_context._actual_context):  # type: ignore[attr-defined]
                     seconds, micros = divmod(time_ns() // 1000, 1_000_000)  # ts_parts(), inline
-                    tracer.sink.write(hit.line % (seconds, micros, next(_tracer._seq), len(view),
-                                                  duration))
+                    tracer.sink.write(hit.line % (seconds, micros, next(_tracer._seq), size,
+                                                duration))
                     return view
-            record_pickle(tracer, obj, len(view), duration, refs or _NO_REFS,
-                          pickler._tracedmp_by_value, site.channel, site.start_method, None,
-                          site)
+            record_pickle(tracer, obj, size, duration, refs or _NO_REFS,
+                          pickler._tracedmp_by_value, site.channel, site.start_method,
+                          manager_fields(obj, sys._getframe(1)) if site.channel == "manager"
+                          else None, site)
         except Exception as exc:
             internal_error(exc)
         return view
 
 
 _NO_REFS: tuple = ()
+
+
+def _record_large(tracer: Any, obj: Any, view: memoryview, duration: int, pickler: Any,
+                  frame: Any) -> None:
+    from . import parts
+
+    site = attribute(frame)
+    channel = site.channel
+    extra = manager_fields(obj, frame) if channel == "manager" else {}
+    refs = pickler._tracedmp_refs or _NO_REFS
+    # One budget per call site and function sent (a Pool's task handler sends them all).
+    key = (id(site.code), id(site.caller), id(refs[0]) if refs else 0,
+           id(refs[1]) if len(refs) > 1 else 0)
+    extra.update(parts.fields(view, channel, None, duration, key))
+    record_pickle(tracer, obj, len(view), duration, refs,
+                  pickler._tracedmp_by_value, channel, site.start_method, extra)
+
+
+# What a Manager's messages are (multiprocessing.managers): a request is (id, method, args,
+# kwds); a reply is ('#RETURN', result) or ('#ERROR', ...), sent by the server's serve_client
+# (its local "methodname") or _handle_request ("funcname", for create, incref...;
+# handle_request before 3.11).
+_REPLY_TAGS = frozenset({"#RETURN", "#ERROR", "#TRACEBACK", "#PROXY", "#UNSERIALIZABLE"})
+
+
+def manager_fields(obj: Any, frame: Any) -> dict:
+    """``method`` and ``message`` (request or reply) of a Manager message."""
+    if type(obj) is tuple:
+        if len(obj) == 4 and type(obj[1]) is str:
+            return {"method": obj[1], "message": "request"}
+        if len(obj) == 2 and obj[0] in _REPLY_TAGS:
+            method = _server_method(frame.f_back)
+            fields = {"message": "reply"}
+            if method is not None:
+                fields["method"] = method
+            return fields
+    return {}
+
+
+def _server_method(caller: Any) -> Optional[str]:
+    code = getattr(caller, "f_code", None)
+    if code is None or caller.f_globals.get("__name__") != "multiprocessing.managers":
+        return None
+    if code.co_name in ("accept_connection", "shutdown"):
+        return code.co_name  # Server methods that reply themselves
+    if code.co_name not in ("serve_client", "_handle_request", "handle_request"):
+        return None  # (handle_request itself replies before 3.11)
+    name = "methodname" if code.co_name == "serve_client" else "funcname"
+    local = caller.f_locals
+    method = local.get(name)
+    if type(local) is dict:
+        # Before 3.13 that is a snapshot the frame keeps (and with it the request's objects,
+        # until the next reply): empty it (a debugger's trace function takes a new one first).
+        local.clear()
+    return method if type(method) is str else None
 
 
 # ForkingPickler copies copyreg's table and adds its own reducers in every __init__ (~0.6 us,

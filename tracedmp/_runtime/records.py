@@ -75,7 +75,10 @@ def record_pickle(tracer: Any, obj: Any, size: int, duration: int, refs: Sequenc
                   extra: Optional[dict], site: Optional[CallSite] = None,
                   pickler: Optional[str] = None) -> None:
     """``pickler``: the pickler's name when not tracedmp's own (a library's, e.g. loky's)."""
-    if extra is None and by_value is None and len(refs) <= 2 and not tracer._processors:
+    # A few text fields (a Manager message's method) go into the template's key and text.
+    fixed = None if extra is None else _fixed_fields(extra)
+    if (extra is None or fixed is not None) and by_value is None and len(refs) <= 2 \
+            and not tracer._processors:
         n = len(refs)
         first = refs[0] if n else None
         second = refs[1] if n == 2 else None
@@ -83,11 +86,11 @@ def record_pickle(tracer: Any, obj: Any, size: int, duration: int, refs: Sequenc
         name = _mp_process._current_process._name  # type: ignore[attr-defined]
         # (dumps() has already tried the call site's last template)
         key = (channel, id(t), id(first), id(second), first is obj,
-               start_method or _tracer.start_method_here(), pickler)
+               start_method or _tracer.start_method_here(), pickler, fixed)
         hit = _templates.get(key)
         if hit is None or not hit.fits(t, refs, first is obj, name):
-            hit = _add_template(key, tracer, obj, refs, t, first, second, name)
-        if site is not None:
+            hit = _add_template(key, tracer, obj, refs, t, first, second, name, extra)
+        if site is not None and extra is None:
             site.template = hit  # a site sends the same kind of message again
         if hit is not None:
             tracer.sink.write(hit.line % (*ts_parts(), next(_tracer._seq), size, duration))
@@ -153,9 +156,19 @@ def forget_templates() -> None:
     _templates.clear()
 
 
+def _fixed_fields(extra: dict) -> Optional[tuple]:
+    """``extra`` as a template key if it is a few short text fields, else None."""
+    if len(extra) > 2:
+        return None
+    for value in extra.values():
+        if type(value) is not str or len(value) > 100:
+            return None
+    return tuple(extra.items())
+
+
 def _add_template(key: tuple, tracer: Any, obj: Any, refs: Sequence[Any], t: type, first: Any,
-                  second: Any, process: str) -> Optional[Template]:
-    channel, _, _, _, _, start_method, pickler = key
+                  second: Any, process: str, extra: Optional[dict] = None) -> Optional[Template]:
+    channel, _, _, _, _, start_method, pickler, _ = key
     callables, kind = _describe(obj, refs, None)
     if refs:
         cached = _lists.get((id(first), id(second)))
@@ -164,6 +177,8 @@ def _add_template(key: tuple, tracer: Any, obj: Any, refs: Sequence[Any], t: typ
     rec = _pickle_record(tracer, obj, channel, start_method, callables, kind)
     if pickler is not None:
         rec["pickler"] = pickler
+    if extra:
+        rec.update(extra)
     try:
         template = template_of(rec, _PICKLE_HOLES)
     except (TypeError, ValueError):  # lone surrogates in a name: the dict path escapes them

@@ -45,6 +45,8 @@ class Tracer:
         self.sink = TraceFile(config.trace, mapped=main)  # type: ignore[arg-type]
         self.pickler = config.pickler
         self._processors = config.processors
+        # Pickles this large name their parts (parts.py); "never" when that is off.
+        self.parts_at = config.parts_threshold or 1 << 62
 
     def emit(self, record: dict) -> None:
         if self._processors:
