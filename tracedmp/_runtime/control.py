@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .config import Processor
 
 __all__ = ["activate", "activate_implicitly", "configure", "deactivate", "get_config",
-           "install", "is_tracing", "reconfigure", "reset_config", "uninstall"]
+           "install", "is_tracing", "pop", "push", "reconfigure", "reset_config", "uninstall"]
 
 # Implicit activation (first use of tracedmp's multiprocessing API) happens once per process;
 # after an explicit uninstall() only an explicit install() starts tracing again.
@@ -33,11 +33,12 @@ _UNSET: Any = object()  # the default of every configure() argument
 
 
 def activate(config: Optional[_config.Config] = None, *,
-             main: Optional[bool] = None) -> _tracer.Tracer:
+             main: Optional[bool] = None, trace_start: bool = True) -> _tracer.Tracer:
     """Start tracing with ``config`` (default: the resolved settings); idempotent.
 
     ``main``: whether this is the program's main process (it announces a default trace file,
-    writes ``trace_start`` and maps reserved space for its records); worked out when not given."""
+    writes ``trace_start`` unless told not to, and maps reserved space for its records); worked
+    out when not given."""
     if _tracer.current is not None:
         return _tracer.current
     _tracer.forked_since_start()
@@ -53,14 +54,8 @@ def activate(config: Optional[_config.Config] = None, *,
     tracer = _tracer.Tracer(cfg, main=main)
     if main:
         tracer.sink.open()  # a bad path is an error now, naming the path, not a lost trace
-    _hooks.install_patches(tracer)
-    _integrations.install_all(tracer, _child.patch_when_imported, _child.patch_when_finished)
-    _channels.forget_call_sites()  # call sites remember templates made with earlier settings
-    records = sys.modules.get("tracedmp._runtime.records")  # only if imported: see hooks
-    if records is not None:
-        records.forget_templates()
-    _tracer.current = tracer
-    if main:
+    _hook_in(tracer)
+    if main and trace_start:
         from .._version import __version__  # only the main process writes trace_start
 
         rec = _tracer.base_record("trace_start", None)
@@ -78,6 +73,33 @@ def activate(config: Optional[_config.Config] = None, *,
             "(set TRACEDMP_TRACE to choose the file, TRACEDMP_TRACE=off to turn tracing off)\n"
         )
     return tracer
+
+
+def _hook_in(tracer: _tracer.Tracer) -> None:
+    _hooks.install_patches(tracer)
+    _integrations.install_all(tracer, _child.patch_when_imported, _child.patch_when_finished)
+    _channels.forget_call_sites()  # call sites remember templates made with earlier settings
+    records = sys.modules.get("tracedmp._runtime.records")  # only if imported: see hooks
+    if records is not None:
+        records.forget_templates()
+    _tracer.current = tracer
+
+
+def push(config: _config.Config, *, trace_start: bool) -> _tracer.Tracer:
+    """Trace with ``config`` for a while (``tracedmp.capture()``): the tracing running now, if
+    any, is suspended with its file open, to come back with :func:`pop`."""
+    _tracer.flush_before_fork()  # what it holds goes before anything the new trace gets
+    _tracer.current = None  # its hooks are replaced by the new tracer's
+    return activate(config, trace_start=trace_start)
+
+
+def pop(outer: _tracer.Tracer, forward: Any = None) -> None:
+    """Stop the tracing :func:`push` started and bring ``outer`` back as it was;
+    ``forward(outer)`` runs in between (nothing else writes to ``outer`` then)."""
+    deactivate()
+    if forward is not None:
+        forward(outer)
+    _hook_in(outer)
 
 
 def deactivate() -> None:
