@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 import textwrap
 
@@ -331,3 +332,26 @@ def test_xdist_workers_capture_their_own_tests(pytester, short_tmpdir):
         "*test_project.py::test_sizes[[]10[]]*",
     ])
     assert len(os.listdir(pytester.path / "traces")) == 4
+
+
+def test_a_session_under_tracedmp_run(pytester, short_tmpdir):
+    # The plugin's entry point makes pytest mark tracedmp's distribution for assertion
+    # rewriting; the startup hook, imported before pytest starts, must not make that a warning
+    # (an error under filterwarnings = error). A captured test's records also reach the
+    # session's trace.
+    _project(pytester, '''
+        @pytest.mark.pickle_budget(per_message="10 KB")
+        def test_budgeted():
+            with multiprocessing.get_context("spawn").Pool(1) as pool:
+                assert pool.map(square, [7]) == [49]
+    ''')
+    trace = pytester.path / "session.jsonl"
+    result = pytester.run(sys.executable, "-m", "tracedmp", "run", "--trace", str(trace), "-m",
+                          "pytest", "-p", "no:cacheprovider", timeout=120)
+    assert result.ret == 0, result.stdout.str() + result.stderr.str()
+    result.stdout.fnmatch_lines(["*1 passed in*"])
+    assert "warning" not in result.stdout.str()
+    with open(trace) as f:
+        records = [json.loads(line) for line in f]
+    assert [r["event"] for r in records].count("trace_start") == 1
+    assert [r for r in records if r.get("channel") == "pool.result"]

@@ -4,6 +4,9 @@
 the same behaviour, and writes one JSON Lines record for every object pickled to cross a process
 boundary: its size, how it travelled (by reference or by value), what carried it, the functions
 and classes it names, and how long pickling took.  See https://tracedmp.readthedocs.io (docs/).
+
+PYTEST_DONT_REWRITE: tracedmp ships a pytest plugin, so pytest marks this package for assertion
+rewriting and would warn (an error under ``-W error``) where it was imported before pytest.
 """
 
 import importlib as _importlib

@@ -160,11 +160,20 @@ class Capture:
 
     def _running_children(self) -> List[Dict[str, Any]]:
         """The processes started in the block that still run: their records may be missing."""
-        running = []
-        for r in self.records("process_start"):
-            pid = r.get("child_pid")
-            if type(pid) is int and _alive(pid):
-                running.append({"pid": pid, "process": r.get("child"), "target": r.get("target")})
+        running: List[Dict[str, Any]] = []
+        try:
+            f = open(self.path, "rb")
+        except OSError:
+            return running
+        with f:  # only the process_start lines are parsed: a large capture costs a scan
+            for line in f:
+                if b'"process_start"' not in line:
+                    continue
+                r = _loads(line)
+                pid = r.get("child_pid") if isinstance(r, dict) else None
+                if type(pid) is int and r.get("event") == "process_start" and _alive(pid):
+                    running.append({"pid": pid, "process": r.get("child"),
+                                    "target": r.get("target")})
         return running
 
     # -- reading ------------------------------------------------------------------------------
