@@ -81,7 +81,7 @@ class Capture:
             self.path = checked
         self._state = "new"
         self._tracer: Any = None
-        self._outer: Any = None
+        self._suspended: Any = None
         self._cache: Optional[tuple] = None  # (file size, records) of the last read
         self.still_running: List[Dict[str, Any]] = []
         self._finalizer: Optional[weakref.finalize] = None
@@ -109,8 +109,7 @@ class Capture:
             except IsADirectoryError:
                 pass  # the sink's error names it
         cfg = base.replace(trace=self.path, processors=(), **self._changes)
-        self._outer = outer
-        self._tracer = _control.push(cfg, trace_start=outer is None)
+        self._tracer, self._suspended = _control.push(cfg, trace_start=outer is None)
         self._state = "running"
         return self
 
@@ -121,34 +120,32 @@ class Capture:
         ours = self._tracer
         current = _tracer.current
         if current is ours or (current is not None and current.config.trace == self.path):
-            if self._outer is not None:
-                _control.pop(self._outer, forward=self._forward)
-            else:
-                _control.deactivate()
+            _control.pop(self._suspended, forward=self._forward)
         else:  # the block changed tracing itself (uninstall(), configure(trace=...)): its choice
             ours.sink.close()
         self.still_running = self._running_children()
 
     def _forward(self, outer: Any) -> None:
-        """Append the block's records to the outer trace (the main process's through its
-        processors, as they would have gone)."""
+        """Append the block's records to the outer trace: other processes' lines as they are,
+        this process's numbered on from the outer trace's numbers (the block's file numbered
+        them from 0) and through its processors, as they would have gone."""
         try:
             f = open(self.path, "rb")
         except OSError:
             return
-        pid = os.getpid()
-        processors = bool(outer._processors)
+        mine = b'"pid":%d,' % os.getpid()
         with f:
             chunk: List[bytes] = []
             for line in f:
                 if not line.endswith(b"\n") or not line.strip():
                     continue  # a line a child is still writing, or nothing
-                if processors and b'"pid":%d,' % pid in line:
+                if mine in line:
                     if chunk:
                         outer.sink.write(b"".join(chunk))
                         chunk = []
                     record = _loads(line)
-                    if isinstance(record, dict) and record.get("pid") == pid:
+                    if isinstance(record, dict) and record.get("pid") == os.getpid():
+                        record["seq"] = next(_tracer._seq)
                         outer.emit(record)
                         continue
                 chunk.append(line)

@@ -7,6 +7,7 @@ faces, and the first use of tracedmp's multiprocessing API calls ``activate_impl
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 
@@ -19,7 +20,7 @@ from . import tracer as _tracer
 
 TYPE_CHECKING = False  # typing costs milliseconds to import, in every spawned child
 if TYPE_CHECKING:
-    from typing import Any, Optional, Sequence, Union
+    from typing import Any, Optional, Sequence, Tuple, Union
 
     from .config import Processor
 
@@ -85,21 +86,40 @@ def _hook_in(tracer: _tracer.Tracer) -> None:
     _tracer.current = tracer
 
 
-def push(config: _config.Config, *, trace_start: bool) -> _tracer.Tracer:
+class Suspended:
+    """What :func:`push` put aside: the tracer that was running (or None) and this process's
+    record numbering."""
+
+    __slots__ = ("tracer", "seq")
+
+    def __init__(self, tracer: Optional[_tracer.Tracer], seq: Any) -> None:
+        self.tracer = tracer
+        self.seq = seq
+
+
+def push(config: _config.Config, *, trace_start: bool) -> Tuple[_tracer.Tracer, Suspended]:
     """Trace with ``config`` for a while (``tracedmp.capture()``): the tracing running now, if
-    any, is suspended with its file open, to come back with :func:`pop`."""
+    any, is suspended with its file open, to come back with :func:`pop`.  The new trace numbers
+    this process's records from 0, as a trace of its own does."""
     _tracer.flush_before_fork()  # what it holds goes before anything the new trace gets
+    suspended = Suspended(_tracer.current, _tracer._seq)
+    _tracer._seq = itertools.count()
     _tracer.current = None  # its hooks are replaced by the new tracer's
-    return activate(config, trace_start=trace_start)
+    return activate(config, trace_start=trace_start), suspended
 
 
-def pop(outer: _tracer.Tracer, forward: Any = None) -> None:
-    """Stop the tracing :func:`push` started and bring ``outer`` back as it was;
-    ``forward(outer)`` runs in between (nothing else writes to ``outer`` then)."""
+def pop(suspended: Suspended, forward: Any = None) -> None:
+    """Stop the tracing :func:`push` started and bring back what it suspended, as it was;
+    ``forward(outer)`` runs in between, with the outer numbering back (nothing else writes to
+    the outer trace then)."""
     deactivate()
-    if forward is not None:
-        forward(outer)
-    _hook_in(outer)
+    if os.getpid() == _tracer._pid:  # (a forked child's numbering is its own)
+        _tracer._seq = suspended.seq
+    outer = suspended.tracer
+    if outer is not None:
+        if forward is not None:
+            forward(outer)
+        _hook_in(outer)
 
 
 def deactivate() -> None:
