@@ -84,6 +84,29 @@ def test_parse_size_and_bad_budgets():
         {"name": "m.C.f", "kind": "value"}]}]) == []
 
 
+def test_a_failure_names_the_largest_parts_where_records_have_them():
+    big = {"event": "pickle", "channel": "pool.task", "process": "MainProcess", "size": 300_000,
+           "type": "builtins.tuple", "callables": [
+               {"name": "multiprocessing.pool.mapstar", "kind": "reference"},
+               {"name": "app.Model.score", "kind": "value"}],
+           "parts": [{"path": "func.__self__", "type": "app.Model", "size": 290_000},
+                     {"path": "func.__closure__[0]", "captured": "table", "type": "bytes",
+                      "size": 9_000},
+                     "not a part", {"path": None, "size": True}]}
+    odd = {"event": "pickle", "channel": "pool.task", "size": 200_000, "parts": "garbled"}
+    (message,) = Budget(per_message="100 KB").violations([big, odd, {"event": "pickle"}])
+    assert message.splitlines() == [
+        "pickle_budget(per_message='100 KB') exceeded: the largest pickle was 300.0 KB "
+        "(300,000 bytes), over the limit of 100.0 KB (100,000 bytes); 2 of 3 pickles were "
+        "over it",
+        "  largest: 300.0 KB (300,000 bytes): pool.task in MainProcess calling "
+        "app.Model.score (builtins.tuple)",
+        "    largest parts: func.__self__ (app.Model): 290.0 KB (290,000 bytes); "
+        "func.__closure__[0] (captured table) (bytes): 9.0 KB (9,000 bytes); ?",
+        "  largest: 200.0 KB (200,000 bytes): pool.task in ?",
+    ]
+
+
 def test_budgets_pass_and_fail_with_messages_naming_them(pytester, short_tmpdir):
     _project(pytester, '''
         def test_an_unmarked_test_runs_untraced():

@@ -230,6 +230,8 @@ def _site(r: Mapping[str, Any]) -> str:
             text = f"{text} in {site['function']}" if text else str(site["function"])
         if text:
             parts.append(f"at {text}")
+    if r.get("method") and r.get("channel") == "manager":
+        parts.append(f"{r.get('message') or 'call'} {r.get('method')}")
     names = _user_callables(r)
     if names:
         parts.append("calling " + ", ".join(names))
@@ -252,11 +254,15 @@ def _parts(r: Mapping[str, Any]) -> List[str]:
             continue
         size = p.get("size", p.get("bytes"))
         text = str(p.get("path") or "?")
+        if p.get("captured"):
+            text += f" (captured {p['captured']})"
         if p.get("type"):
             text += f" ({p['type']})"
-        if type(size) is int:
+        if type(size) is int and not isinstance(size, bool):
             text += f": {fmt_bytes(size)}"
         out.append(text)
+    if out and r.get("parts_partial") is True:
+        out[-1] += " (read in part: sizes are upper bounds)"
     return out
 
 
