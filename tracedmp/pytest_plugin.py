@@ -303,7 +303,8 @@ class _Session:
         traced = [t for t in self.tests if t.get("records")]
         ranked = sorted(traced, key=lambda t: (-t.get("bytes", 0), -t.get("pickles", 0),
                                                t["nodeid"]))[:max(self.top, 0)]
-        tr.write_sep("=", f"tracedmp: the {len(ranked)} tests that pickled most")
+        shown = f"the {len(ranked)} tests" if len(ranked) != 1 else "the test"
+        tr.write_sep("=", f"tracedmp: {shown} that pickled most")
         if not traced:
             tr.write_line("no test pickled anything across a process boundary")
         for t in ranked:
@@ -317,7 +318,8 @@ class _Session:
             if not t.get("complete", True):
                 notes.append("left processes running: records may be missing")
             n = t.get("pickles", 0)
-            tr.write_line(f"{_fmt_bytes(t.get('bytes', 0)):>9} {n:>7} pickle{'' if n == 1 else 's'}"
+            tr.write_line(f"{_fmt_bytes(t.get('bytes', 0)):>9} {n:>7} "
+                          f"{'pickle ' if n == 1 else 'pickles'}"
                           f"  {t['nodeid']}" + (f"  [{', '.join(notes)}]" if notes else ""))
         tr.write_line(f"traces of {len(traced)} test(s) in {self.directory} "
                       "(read one with: tracedmp report FILE)")
