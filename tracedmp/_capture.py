@@ -108,7 +108,10 @@ class Capture:
                 pass
             except IsADirectoryError:
                 pass  # the sink's error names it
-        cfg = base.replace(trace=self.path, processors=(), **self._changes)
+        changes = dict(self._changes)
+        if "mode" in _config.Config.__slots__:  # a capture is read record by record: never
+            changes["mode"] = "full"            # a summary trace's aggregates
+        cfg = base.replace(trace=self.path, processors=(), **changes)
         self._tracer, self._suspended = _control.push(cfg, trace_start=outer is None)
         self._state = "running"
         return self
