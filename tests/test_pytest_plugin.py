@@ -326,8 +326,17 @@ def test_spawn_gate_start_method_and_per_test_traces(pytester, short_tmpdir):
                                                                         "pool.result"}
 
 
-def test_bad_start_method_is_a_usage_error(pytester, short_tmpdir):
-    _project(pytester, "def test_x():\n    pass\n")
+def test_the_start_method_alone_traces_nothing_and_a_bad_one_is_a_usage_error(
+        pytester, short_tmpdir):
+    _project(pytester, """
+        def test_spawn_is_the_default_and_nothing_is_traced():
+            assert multiprocessing.get_start_method() == "spawn"
+            with multiprocessing.Pool(1) as pool:
+                untouched()
+                assert pool.map(square, [3]) == [9]
+            assert "tracedmp._runtime.hooks" not in sys.modules
+    """)
+    _run(pytester, "--tracedmp-start-method=spawn").assert_outcomes(passed=1)
     result = _run(pytester, "--tracedmp-start-method=vfork")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--tracedmp-start-method='vfork' is not a start method of "

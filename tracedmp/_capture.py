@@ -104,10 +104,8 @@ class Capture:
         else:
             try:
                 os.unlink(self.path)  # the block's own records only
-            except FileNotFoundError:
-                pass
-            except IsADirectoryError:
-                pass  # the sink's error names it
+            except OSError:
+                pass  # none there; or the sink's error will name what is wrong with it
         changes = dict(self._changes)
         if "mode" in _config.Config.__slots__:  # a capture is read record by record: never
             changes["mode"] = "full"            # a summary trace's aggregates

@@ -110,9 +110,10 @@ def _new_state(item: Any) -> _ItemState:
 
 
 def _wanted(item: Any) -> bool:
+    session = _session_of(item)
     return (item.get_closest_marker(_MARKER) is not None
             or _FIXTURE in getattr(item, "fixturenames", ())
-            or _session_of(item) is not None)
+            or (session is not None and session.traces_every_test))
 
 
 def _budgets(item: Any) -> List[Any]:
@@ -260,6 +261,8 @@ class _Session:
             os.makedirs(self.directory, exist_ok=True)
         if opt.tracedmp_start_method is not None:
             self._set_start_method(opt.tracedmp_start_method)
+        # --tracedmp-start-method alone traces nothing
+        self.traces_every_test = self.directory is not None or self.check_spawn
 
     def _set_start_method(self, method: str) -> None:
         import multiprocessing
