@@ -216,3 +216,19 @@ def test_off_by_environment_still_captures_and_stays_off(monkeypatch):
     with tracedmp.Pool(1) as pool:  # first use: tracing is still off, as it was
         pool.map(square, [1])
     assert not tracedmp.is_tracing()
+
+
+def test_a_capture_that_cannot_start_leaves_tracing_as_it_was(tmp_path):
+    with pytest.raises(tracedmp.TraceFileError, match="cannot write the trace file"):
+        with tracedmp.capture(tmp_path / "no" / "such" / "dir.jsonl"):
+            pass
+    _untouched()
+    tracedmp.configure(trace=tmp_path / "outer.jsonl")
+    outer = _tracer.current
+    with pytest.raises(tracedmp.TraceFileError):
+        with tracedmp.capture(tmp_path / "no" / "such" / "dir.jsonl"):
+            pass
+    assert _tracer.current is outer
+    _send("still traced")
+    tracedmp.uninstall()
+    assert [r for r in tracedmp.read_trace(tmp_path / "outer.jsonl") if r.channel == "pipe"]

@@ -105,7 +105,14 @@ def push(config: _config.Config, *, trace_start: bool) -> Tuple[_tracer.Tracer, 
     suspended = Suspended(_tracer.current, _tracer._seq)
     _tracer._seq = itertools.count()
     _tracer.current = None  # its hooks are replaced by the new tracer's
-    return activate(config, trace_start=trace_start), suspended
+    try:
+        return activate(config, trace_start=trace_start), suspended
+    except BaseException:  # e.g. a trace file that cannot be written: all back as it was
+        if _tracer.current is None:  # (activate stopped before it was done)
+            _integrations.uninstall_all()
+            _hooks.remove_patches()
+        pop(suspended)
+        raise
 
 
 def pop(suspended: Suspended, forward: Any = None) -> None:
