@@ -124,9 +124,11 @@ def pop(suspended: Suspended, forward: Any = None) -> None:
         _tracer._seq = suspended.seq
     outer = suspended.tracer
     if outer is not None:
-        if forward is not None:
-            forward(outer)
-        _hook_in(outer)
+        try:
+            if forward is not None:
+                forward(outer)
+        finally:
+            _hook_in(outer)
 
 
 def deactivate() -> None:
