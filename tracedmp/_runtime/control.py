@@ -101,7 +101,6 @@ def push(config: _config.Config, *, trace_start: bool) -> Tuple[_tracer.Tracer, 
     """Trace with ``config`` for a while (``tracedmp.capture()``): the tracing running now, if
     any, is suspended with its file open, to come back with :func:`pop`.  The new trace numbers
     this process's records from 0, as a trace of its own does."""
-    _tracer.flush_before_fork()  # what it holds goes before anything the new trace gets
     suspended = Suspended(_tracer.current, _tracer._seq)
     _tracer._seq = itertools.count()
     _tracer.current = None  # its hooks are replaced by the new tracer's
