@@ -319,7 +319,7 @@ def test_spawn_gate_start_method_and_per_test_traces(pytester, short_tmpdir):
     assert len(files) == 4 and not [f for f in files if "test_nothing" in f]
     (forkserver,) = [f for f in files if "forkserver" in f]
     with open(pytester.path / "traces" / forkserver) as f:
-        records = [json.loads(line) for line in f]
+        records = [json.loads(line) for line in f if line.strip()]
     assert [r["start_method"] for r in records if r["event"] == "process_start"] == \
         ["forkserver"]
     assert {r["channel"] for r in records if r["event"] == "pickle"} >= {"pool.task",
@@ -387,6 +387,6 @@ def test_a_session_under_tracedmp_run(pytester, short_tmpdir):
     result.stdout.fnmatch_lines(["*1 passed in*"])
     assert "warning" not in result.stdout.str()
     with open(trace) as f:
-        records = [json.loads(line) for line in f]
+        records = [json.loads(line) for line in f if line.strip()]
     assert [r["event"] for r in records].count("trace_start") == 1
     assert [r for r in records if r.get("channel") == "pool.result"]

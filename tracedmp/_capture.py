@@ -82,7 +82,9 @@ class Capture:
         self._state = "new"
         self._tracer: Any = None
         self._suspended: Any = None
-        self._cache: Optional[tuple] = None  # (file size, records) of the last read
+        # (file size, records) of the last read once the block is done: only children write
+        # then, appending (the main process writes into space reserved at the file's end)
+        self._cache: Optional[tuple] = None
         self.still_running: List[Dict[str, Any]] = []
         self._finalizer: Optional[weakref.finalize] = None
 
@@ -118,6 +120,8 @@ class Capture:
         if self._state != "running":
             return
         self._state = "done"
+        self._cache = None  # read while running: the main process may have written since, into
+        # space it had reserved in the file (the file's size does not tell)
         ours = self._tracer
         current = _tracer.current
         if current is ours or (current is not None and current.config.trace == self.path):
