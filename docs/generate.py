@@ -72,6 +72,27 @@ def readme(name: str, text: str) -> None:
     print(f"updated README.md ({name})")
 
 
+def pytest_run(tmp: str) -> str:
+    """What pytest prints for examples/pytest_budgets with the plugin's gates on."""
+    import re
+    import shutil
+
+    project = os.path.join(tmp, "project")
+    shutil.copytree(os.path.join(EXAMPLES, "pytest_budgets"), project)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACEDMP_")}
+    cmd = ["-p", "no:cacheprovider", "--tracedmp-check-spawn", "--tracedmp=traces"]
+    proc = subprocess.run([sys.executable, "-m", "pytest", *cmd], capture_output=True,
+                          text=True, cwd=project, env=env, timeout=300)
+    out = proc.stdout
+    start = out.index("=== FAILURES ===")
+    start = out.rindex("\n", 0, start) + 1
+    end = out.index("=== short test summary info ===")
+    end = out.rindex("\n", 0, end) + 1
+    text = out[start:end].replace(project + os.sep, "")
+    text = re.sub(r"pid [0-9]+", "pid 4242", text)
+    return f"$ pytest {' '.join(cmd[2:])}\n...\n{text}..."
+
+
 def main() -> None:
     os.makedirs(OUT, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -130,6 +151,8 @@ def main() -> None:
             [section(report, "By channel"), "", section(report, "Process starts"), "",
              section(report, "Parallel calls"), "", section(report, "Arrays joblib pickled"),
              "", section(report, "Findings")]))
+
+        write("pytest_budgets.txt", pytest_run(tmp))
 
         t = trace("manager", tmp)
         write("manager.report.txt", section(tracedmp("report", t, "--channel", "manager",

@@ -5,6 +5,9 @@ by spawn, forkserver or ``python -E``/``-I`` included: .pth files still run for 
 tracing.  It must not import multiprocessing itself: it waits for the program to import it (or
 ``concurrent.futures.interpreter``, whose InterpreterPoolExecutor pickles across interpreters
 and needs no multiprocessing), and installs tracedmp's hooks right after.
+
+PYTEST_DONT_REWRITE: pytest marks a plugin's distribution (tracedmp's is one) for assertion
+rewriting and warns about its modules already imported, as this one is before pytest starts.
 """
 
 import os

@@ -10,8 +10,8 @@ import pytest
 import tracedmp
 
 OURS = {
-    "FORMAT_VERSION", "Config", "ConfigError", "TraceFileError", "TraceFormatError",
-    "TracedmpError", "__version__", "configure", "get_config", "install", "is_tracing",
+    "FORMAT_VERSION", "Capture", "Config", "ConfigError", "TraceFileError", "TraceFormatError",
+    "TracedmpError", "__version__", "capture", "configure", "get_config", "install", "is_tracing",
     "reset_config", "uninstall", "Record", "Trace", "read_trace", "summarize",
 }
 # Names that start tracing before calling the stdlib: every function (the exceptions and

@@ -99,7 +99,7 @@ def test_cookbook_pytest_fixture(tmp_path):
                            os.path.join(EXAMPLES, "cookbook", "test_pickles_in_pytest.py")],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "1 passed" in proc.stdout
+    assert "2 passed" in proc.stdout
 
 
 def test_joblib_arrays(tmp_path):
@@ -150,3 +150,14 @@ def test_lambda_cloudpickle_names_the_captured_data(tmp_path):
     finding = _findings(records)["captured_data"]
     assert finding["path"] == "func.__closure__[0]" and finding["count"] == 20
     assert "captured variable 'table'" in finding["message"]
+
+
+def test_pytest_budgets_example_fails_where_it_says(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACEDMP_")}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "--tracedmp-check-spawn", os.path.join(EXAMPLES, "pytest_budgets")],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "2 failed, 1 passed" in proc.stdout
+    assert "pickle_budget(by_value=False) exceeded" in proc.stdout
+    assert "test_budgets.log_progress): TypeError: cannot pickle '_thread.lock'" in proc.stdout

@@ -4,6 +4,9 @@
 the same behaviour, and writes one JSON Lines record for every object pickled to cross a process
 boundary: its size, how it travelled (by reference or by value), what carried it, the functions
 and classes it names, and how long pickling took.  See https://tracedmp.readthedocs.io (docs/).
+
+PYTEST_DONT_REWRITE: tracedmp ships a pytest plugin, so pytest marks this package for assertion
+rewriting and would warn (an error under ``-W error``) where it was imported before pytest.
 """
 
 import importlib as _importlib
@@ -55,6 +58,7 @@ if TYPE_CHECKING:
         set_forkserver_preload,
         set_start_method,
     )
+    from ._capture import Capture, capture
     from ._errors import ConfigError, TraceFileError, TraceFormatError, TracedmpError
     from ._read.reader import Record, Trace, read_trace
     from ._read.report import summarize
@@ -111,12 +115,14 @@ __all__ = [
     "set_start_method",
 ] + [
     "FORMAT_VERSION",
+    "Capture",
     "Config",
     "ConfigError",
     "TraceFileError",
     "TraceFormatError",
     "TracedmpError",
     "__version__",
+    "capture",
     "configure",
     "get_config",
     "Record",
@@ -141,6 +147,7 @@ _LAZY = {
                      "get_context", "get_logger", "get_start_method", "log_to_stderr",
                      "parent_process", "set_executable", "set_forkserver_preload",
                      "set_start_method"), "_api"),
+    **dict.fromkeys(("Capture", "capture"), "_capture"),
     "Config": "_runtime.config",
     **dict.fromkeys(("configure", "get_config", "install", "is_tracing", "reset_config",
                      "uninstall"), "_runtime.control"),

@@ -1,21 +1,27 @@
-"""Trace one test and assert on what it pickled (run with: pytest test_pickles_in_pytest.py)."""
+"""Pin what a test pickles with tracedmp's pytest plugin (run: pytest test_pickles_in_pytest.py).
+
+The plugin comes with tracedmp; nothing to import.  The code under test is plain multiprocessing.
+"""
+
+import multiprocessing
 
 import pytest
 
-import tracedmp
+
+def score(row):
+    return sum(row)
 
 
-@pytest.fixture
-def pickles(tmp_path):
-    path = tmp_path / "trace.jsonl"
-    tracedmp.configure(trace=path)
-    yield lambda: [r for r in tracedmp.read_trace(path) if r.event == "pickle"]
-    tracedmp.uninstall()
-    tracedmp.reset_config()
+@pytest.mark.pickle_budget(per_message="1 KB", by_value=False, channel="pool.task")
+def test_tasks_stay_small():
+    rows = [[i, i + 1, i + 2] for i in range(100)]
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        assert pool.map(score, rows, chunksize=10)[:3] == [3, 6, 9]
 
 
-def test_tasks_stay_small(pickles):
-    with tracedmp.get_context("spawn").Pool(2) as pool:
+def test_what_the_pool_pickled(tracedmp_capture):
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
         pool.map(abs, range(100))
-    tasks = [r for r in pickles() if r.channel == "pool.task"]
+    tasks = tracedmp_capture.pickles(channel="pool.task")
     assert tasks and max(r.size for r in tasks) < 1_000
+    assert tracedmp_capture.errors == []

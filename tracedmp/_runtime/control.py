@@ -7,6 +7,7 @@ faces, and the first use of tracedmp's multiprocessing API calls ``activate_impl
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 
@@ -19,12 +20,12 @@ from . import tracer as _tracer
 
 TYPE_CHECKING = False  # typing costs milliseconds to import, in every spawned child
 if TYPE_CHECKING:
-    from typing import Any, Optional, Sequence, Union
+    from typing import Any, Optional, Sequence, Tuple, Union
 
     from .config import Processor
 
 __all__ = ["activate", "activate_implicitly", "configure", "deactivate", "get_config",
-           "install", "is_tracing", "reconfigure", "reset_config", "uninstall"]
+           "install", "is_tracing", "pop", "push", "reconfigure", "reset_config", "uninstall"]
 
 # Implicit activation (first use of tracedmp's multiprocessing API) happens once per process;
 # after an explicit uninstall() only an explicit install() starts tracing again.
@@ -33,11 +34,12 @@ _UNSET: Any = object()  # the default of every configure() argument
 
 
 def activate(config: Optional[_config.Config] = None, *,
-             main: Optional[bool] = None) -> _tracer.Tracer:
+             main: Optional[bool] = None, trace_start: bool = True) -> _tracer.Tracer:
     """Start tracing with ``config`` (default: the resolved settings); idempotent.
 
     ``main``: whether this is the program's main process (it announces a default trace file,
-    writes ``trace_start`` and maps reserved space for its records); worked out when not given."""
+    writes ``trace_start`` unless told not to, and maps reserved space for its records); worked
+    out when not given."""
     if _tracer.current is not None:
         return _tracer.current
     _tracer.forked_since_start()
@@ -53,17 +55,8 @@ def activate(config: Optional[_config.Config] = None, *,
     tracer = _tracer.Tracer(cfg, main=main)
     if main:
         tracer.sink.open()  # a bad path is an error now, naming the path, not a lost trace
-    _hooks.install_patches(tracer)
-    _integrations.install_all(tracer, _child.patch_when_imported, _child.patch_when_finished)
-    _channels.forget_call_sites()  # call sites remember templates made with earlier settings
-    records = sys.modules.get("tracedmp._runtime.records")  # only if imported: see hooks
-    if records is not None:
-        records.forget_templates()
-    parts = sys.modules.get("tracedmp._runtime.parts")  # imported once a pickle was large
-    if parts is not None:
-        parts.forget_budgets()
-    _tracer.current = tracer
-    if main:
+    _hook_in(tracer)
+    if main and trace_start:
         from .._version import __version__  # only the main process writes trace_start
 
         rec = _tracer.base_record("trace_start", None)
@@ -82,6 +75,63 @@ def activate(config: Optional[_config.Config] = None, *,
             "(set TRACEDMP_TRACE to choose the file, TRACEDMP_TRACE=off to turn tracing off)\n"
         )
     return tracer
+
+
+def _hook_in(tracer: _tracer.Tracer) -> None:
+    _hooks.install_patches(tracer)
+    _integrations.install_all(tracer, _child.patch_when_imported, _child.patch_when_finished)
+    _channels.forget_call_sites()  # call sites remember templates made with earlier settings
+    records = sys.modules.get("tracedmp._runtime.records")  # only if imported: see hooks
+    if records is not None:
+        records.forget_templates()
+    parts = sys.modules.get("tracedmp._runtime.parts")  # imported once a pickle was large
+    if parts is not None:
+        parts.forget_budgets()
+    _tracer.current = tracer
+
+
+class Suspended:
+    """What :func:`push` put aside: the tracer that was running (or None) and this process's
+    record numbering."""
+
+    __slots__ = ("tracer", "seq")
+
+    def __init__(self, tracer: Optional[_tracer.Tracer], seq: Any) -> None:
+        self.tracer = tracer
+        self.seq = seq
+
+
+def push(config: _config.Config, *, trace_start: bool) -> Tuple[_tracer.Tracer, Suspended]:
+    """Trace with ``config`` for a while (``tracedmp.capture()``): the tracing running now, if
+    any, is suspended with its file open, to come back with :func:`pop`.  The new trace numbers
+    this process's records from 0, as a trace of its own does."""
+    suspended = Suspended(_tracer.current, _tracer._seq)
+    _tracer._seq = itertools.count()
+    _tracer.current = None  # its hooks are replaced by the new tracer's
+    try:
+        return activate(config, trace_start=trace_start), suspended
+    except BaseException:  # e.g. a trace file that cannot be written: all back as it was
+        if _tracer.current is None:  # (activate stopped before it was done)
+            _integrations.uninstall_all()
+            _hooks.remove_patches()
+        pop(suspended)
+        raise
+
+
+def pop(suspended: Suspended, forward: Any = None) -> None:
+    """Stop the tracing :func:`push` started and bring back what it suspended, as it was;
+    ``forward(outer)`` runs in between, with the outer numbering back (nothing else writes to
+    the outer trace then)."""
+    deactivate()
+    if os.getpid() == _tracer._pid:  # (a forked child's numbering is its own)
+        _tracer._seq = suspended.seq
+    outer = suspended.tracer
+    if outer is not None:
+        try:
+            if forward is not None:
+                forward(outer)
+        finally:
+            _hook_in(outer)
 
 
 def deactivate() -> None:
