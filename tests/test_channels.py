@@ -393,8 +393,8 @@ def child():
     tracedmp.Process(target=noop, name="grandchild").start()
 
 if __name__ == "__main__":
+    tracedmp.configure(trace=sys.argv[2])  # before any use: set_start_method starts tracing
     tracedmp.set_start_method(sys.argv[1])
-    tracedmp.configure(trace=sys.argv[2])
     p = tracedmp.Process(target=child, name="child")
     p.start()
     p.join()

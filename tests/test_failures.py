@@ -28,7 +28,7 @@ def outcome(fn):
     except BaseException as e:
         # (3.14 says how much stack it used: that varies from run to run)
         return [type(e).__module__ + "." + type(e).__qualname__,
-                re.sub("used [0-9]+ kB", "used N kB", re.sub(" at 0x[0-9a-f]+", "", str(e)))]
+                re.sub("used [0-9]+ kB", "used  kB", re.sub(" at 0x[0-9a-f]+", "", str(e)))]
 
 if __name__ == "__main__":
     ctx = multiprocessing.get_context(sys.argv[1])

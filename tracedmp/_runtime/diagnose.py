@@ -141,9 +141,9 @@ def path_from_notes(obj: Any, notes: List[str]
         if index == _MAX_NOTES:
             recorded.append(f"...({len(notes) - _MAX_NOTES} more)")
             break
-        if index in shown_items:
-            m = _NOTE.match(note)
-            recorded.append(f"when serializing {m.group(1)} item {shown_items[index]}")  # type: ignore[union-attr]
+        match = _NOTE.match(note) if index in shown_items else None
+        if match is not None:
+            recorded.append(f"when serializing {match.group(1)} item {shown_items[index]}")
         else:
             text = str(note)
             recorded.append(text if len(text) <= _MAX_NOTE else text[:_MAX_NOTE] + "...")
@@ -169,9 +169,10 @@ def _item(container: Any, text: str) -> Tuple[str, Any]:
         position, child = _find_key(container, text)
         return f"[{safe_key(key, position)}]", child
     if isinstance(container, (list, tuple)) and type(key) is int:
-        getitem = list.__getitem__ if isinstance(container, list) else tuple.__getitem__
-        try:
-            return f"[{key}]", getitem(container, key)
+        try:  # the builtin's item, not a subclass's __getitem__
+            child = list.__getitem__(container, key) if isinstance(container, list) \
+                else tuple.__getitem__(container, key)
+            return f"[{key}]", child
         except IndexError:
             return f"[{key}]", _UNKNOWN
     return f"[{safe_key(key, None)}]", _UNKNOWN

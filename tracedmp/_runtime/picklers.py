@@ -104,10 +104,10 @@ class _Traced:
                 t = type(obj)
                 type_ref, first_ref, second_ref = hit.type_ref, hit.first_ref, hit.second_ref
                 if ((hit.static_type is t or type_ref is not None and type_ref() is t)
-                        and hit.n == n and (n == 0 or first_ref() is refs[0])
-                        and (n < 2 or second_ref() is refs[1])
+                        and hit.n == n and (n == 0 or first_ref() is refs[0])  # type: ignore[index]  # n > 0: a list
+                        and (n < 2 or second_ref() is refs[1])  # type: ignore[index]  # n > 0: a list
                         and hit.process is _mp_process._current_process._name  # type: ignore[attr-defined]
-                        and hit.first_is_obj is (n > 0 and refs[0] is obj)
+                        and hit.first_is_obj is (n > 0 and refs[0] is obj)  # type: ignore[index]  # n > 0: a list
                         and hit.context is _default_context._actual_context):  # type: ignore[attr-defined]
                     seconds, micros = divmod(time_ns() // 1000, 1_000_000)  # ts_parts(), inline
                     tracer.sink.write(hit.line % (seconds, micros, next(_tracer._seq), size,

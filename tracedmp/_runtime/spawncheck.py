@@ -102,7 +102,7 @@ def _checking_pickler(base: type) -> type:
         return known
     from multiprocessing.synchronize import SemLock
 
-    class CheckingPickler(base):  # type: ignore[misc, valid-type]
+    class CheckingPickler(base):  # type: ignore[misc]
         __slots__ = ("unchecked",)
 
         def reducer_override(self, obj: Any) -> Any:
