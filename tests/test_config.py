@@ -161,3 +161,26 @@ def test_multiprocessing_itself_is_traced_once_hooks_are_in(tmp_path):
     records = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     sizes = [r["size"] for r in records if r["event"] == "pickle"]
     assert sizes == [len(reduction.ForkingPickler.dumps({"k": 1}))]
+
+
+def test_each_trace_file_numbers_a_process_from_zero(run_program, tmp_path):
+    # A process that traced to one file and then configure()s another must not leave a gap
+    # at the start of the second: readers would count the first file's records as lost.
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    run = run_program("""
+import sys
+import tracedmp
+
+if __name__ == "__main__":
+    tracedmp.configure(trace=sys.argv[1])
+    a, b = tracedmp.Pipe()
+    for i in range(5):
+        a.send(i); b.recv()
+    tracedmp.configure(trace=sys.argv[2])
+    a.send("again"); b.recv()
+""", str(first), str(second))
+    assert run.returncode == 0, run.stderr
+    trace = tracedmp.read_trace(second)
+    seqs = [r.seq for r in trace]
+    assert seqs == list(range(len(seqs))) and len(seqs) >= 2, seqs
+    assert not trace.missing

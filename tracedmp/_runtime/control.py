@@ -52,6 +52,9 @@ def activate(config: Optional[_config.Config] = None, *,
     if cfg.trace is None:
         cfg = cfg.replace(trace=_config.default_trace_path())
         announce = main
+    if cfg.trace != _tracer._seq_file:  # each trace file numbers a process's records from 0
+        _tracer._seq = itertools.count()
+        _tracer._seq_file = cfg.trace  # type: ignore[assignment]  # a path by now
     tracer = _tracer.Tracer(cfg, main=main)
     if main:
         tracer.sink.open()  # a bad path is an error now, naming the path, not a lost trace
@@ -107,6 +110,7 @@ def push(config: _config.Config, *, trace_start: bool) -> Tuple[_tracer.Tracer, 
     this process's records from 0, as a trace of its own does."""
     suspended = Suspended(_tracer.current, _tracer._seq)
     _tracer._seq = itertools.count()
+    _tracer._seq_file = config.trace  # type: ignore[assignment]
     _tracer.current = None  # its hooks are replaced by the new tracer's
     try:
         return activate(config, trace_start=trace_start), suspended
@@ -123,9 +127,10 @@ def pop(suspended: Suspended, forward: Any = None) -> None:
     ``forward(outer)`` runs in between, with the outer numbering back (nothing else writes to
     the outer trace then)."""
     deactivate()
+    outer = suspended.tracer
     if os.getpid() == _tracer._pid:  # (a forked child's numbering is its own)
         _tracer._seq = suspended.seq
-    outer = suspended.tracer
+        _tracer._seq_file = outer.config.trace if outer is not None else None  # type: ignore[assignment]
     if outer is not None:
         try:
             if forward is not None:

@@ -33,6 +33,7 @@ current: Optional["Tracer"] = None
 # Process identity, cached and reset in a forked child.
 _pid = os.getpid()
 _seq = itertools.count()
+_seq_file: Optional[str] = None  # the trace file _seq numbers this process's records for
 _own_start_method: Optional[str] = None
 
 
