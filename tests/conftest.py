@@ -23,7 +23,7 @@ def _clean_state(monkeypatch):
     """Each test starts untraced, with default settings, and leaves no child process behind."""
     for var in ("TRACEDMP_TRACE", "TRACEDMP_PICKLER", "TRACEDMP_UNPICKLE", "TRACEDMP_CHECK_SPAWN",
                 "TRACEDMP_DIAGNOSE",
-                "TRACEDMP_AUTOSTART"):
+                "TRACEDMP_AUTOSTART", "TRACEDMP_MODE", "TRACEDMP_SUMMARY_INTERVAL"):
         monkeypatch.delenv(var, raising=False)
     tracedmp.reset_config()
     control.deactivate()

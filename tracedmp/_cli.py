@@ -59,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--pickler", choices=("pickle", "cloudpickle"),
                      help="pickler for every process (default: pickle, as multiprocessing)")
     run.add_argument("--unpickle", action="store_true", help="record unpickling too")
+    run.add_argument("--summary", action="store_true",
+                     help="summary mode: per process, aggregates per kind of pickle (count, "
+                     "bytes, sizes, time) and the largest few in full, instead of a record per "
+                     "pickle; for long runs (the trace grows with kinds, not pickles)")
     run.add_argument("--check-spawn", action="store_true",
                      help="for fork-started processes, record whether spawn could start them")
     run.add_argument("-m", dest="module", metavar="MODULE", help="run a module as a script")
@@ -302,6 +306,8 @@ def _run(args: argparse.Namespace) -> int:
         env[_config.ENV_PICKLER] = args.pickler
     if args.unpickle:
         env[_config.ENV_UNPICKLE] = "1"
+    if args.summary:
+        env[_config.ENV_MODE] = "summary"
     if args.check_spawn:
         env[_config.ENV_CHECK_SPAWN] = "1"
     if announce:

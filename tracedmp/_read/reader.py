@@ -366,6 +366,22 @@ class Trace:
             self.skipped.append(SkippedLine(number, "cut" if cut else "not_a_record", pid, seq,
                                             _preview(piece)))
 
+    def mode(self) -> str:
+        """``"full"``, ``"summary"`` or ``"mixed"``: whether the trace holds summary-mode records
+        (aggregates, see the trace format), full records of each pickle, or both (several runs).
+        One quick pass over the file's bytes."""
+        summaries = full = False
+        with open(self.path, "rb") as f:
+            for line in f:
+                if b'"event":"summary"' in line:
+                    summaries = True
+                elif (b'"event":"pickle"' in line or b'"event":"unpickle"' in line) \
+                        and b'"exemplar":true' not in line:
+                    full = True
+                if summaries and full:
+                    return "mixed"
+        return "summary" if summaries else "full"
+
     def to_pandas(self) -> Any:
         """The records as a pandas DataFrame (needs pandas); nested fields stay Python objects."""
         try:

@@ -1,7 +1,9 @@
 """``tracedmp timeline``: a trace as Chrome Trace Event JSON, for Perfetto and chrome://tracing.
 
 One track per process (named after it), one slice per pickle lasting as long as the pickling,
-instant markers for process starts and pickling errors.  Written as it is read: memory stays flat.
+instant markers for process starts and pickling errors.  A summary-mode trace gives one slice
+per interval and kind of pickle (from ``since`` to ``ts``), and its exemplars as pickles.
+Written as it is read: memory stays flat.
 What the trace lost (records cut off or missing, lines skipped) goes in the file's ``otherData``.
 """
 
@@ -56,6 +58,20 @@ def write_timeline(trace_path: Union[str, Trace], out: IO[str]) -> int:
                 "ts": end_us - duration_us, "dur": duration_us,
                 "args": {k: r.get(k) for k in ("size", "kind", "type", "channel", "pickler",
                                                "start_method", "callables", "part", "child")
+                         if r.get(k) is not None},
+            })
+        elif event == "summary":
+            # Summary mode: one slice per interval and kind of pickle, as coarse as the trace.
+            since = finite(r.get("since"))
+            if since is None or since > ts:
+                since = ts
+            emit({
+                "ph": "X", "pid": pid, "tid": pid, "cat": f"summary {r.get('channel') or '?'}",
+                "name": f"{r.get('count')} x {r.get('channel')} {r.get('type')}",
+                "ts": since * 1e6, "dur": (ts - since) * 1e6,
+                "args": {k: r.get(k) for k in ("of", "count", "bytes", "min_size", "max_size",
+                                               "duration_ns", "kind", "type", "channel",
+                                               "start_method", "callables")
                          if r.get(k) is not None},
             })
         elif event in ("process_start", "pickle_error", "trace_start"):

@@ -8,6 +8,7 @@ Modules, bottom first; each imports only those before it (a test pins this)::
     channels    which channel carried a pickle, told from the calling frames
     render      records as JSON lines (templates' small writer, orjson)
     tracer      the running Tracer, process identity, the record pipeline
+    summary     summary mode: aggregates per kind of pickle, written now and then
     records     what one pickle's record says; its cached templates
     diagnose    after a failure: the path to the bad object and a hint
     picklers    the tracing picklers (stdlib and cloudpickle): time, size, record

@@ -73,7 +73,9 @@ def _start(settings: "Dict[str, Any]") -> None:
     from . import control, tracer
     from .config import Config
 
-    config = Config(**settings)
+    settings = dict(settings)
+    mode = "summary" if settings.pop("summary", False) else "full"
+    config = Config(mode=mode, **settings)
     current = tracer.current
     if current is None or current.config != config:
         # The parent's settings win over what re-importing the main module may have started
@@ -151,6 +153,9 @@ def attach(process_obj: "Any", config: "Any") -> None:
         "check_spawn": config.check_spawn,
         "diagnose": config.diagnose,
         "parts_threshold": config.parts_threshold,
+        # A bool and a float: the launch data weighs the same in either mode.
+        "summary": config.mode == "summary",
+        "summary_interval": float(config.summary_interval),
     }
     process_obj._config[KEY] = ChildSettings(settings)
 

@@ -28,6 +28,9 @@ ENV_CHECK_SPAWN = "TRACEDMP_CHECK_SPAWN"
 ENV_DIAGNOSE = "TRACEDMP_DIAGNOSE"
 ENV_PARTS_THRESHOLD = "TRACEDMP_PARTS_THRESHOLD"
 PARTS_THRESHOLD = 64 * 1024  # pickles this large or larger say which parts weigh the most
+ENV_MODE = "TRACEDMP_MODE"
+ENV_SUMMARY_INTERVAL = "TRACEDMP_SUMMARY_INTERVAL"
+MODES = ("full", "summary")
 _OFF = {"off", "0", "false", "no", "none", ""}
 _ON = {"1", "true", "yes", "on"}
 
@@ -39,7 +42,7 @@ class Config:
     """
 
     __slots__ = ("trace", "pickler", "unpickle", "check_spawn", "processors", "diagnose",
-                 "parts_threshold")
+                 "parts_threshold", "mode", "summary_interval")
 
     trace: Union[str, bool, None]
     pickler: str
@@ -48,13 +51,17 @@ class Config:
     diagnose: bool
     processors: Tuple[Processor, ...]
     parts_threshold: int  # 0: off
+    mode: str
+    summary_interval: float
 
     def __init__(self, trace: Union[str, bool, None] = None, pickler: str = "pickle",
                  unpickle: bool = False, check_spawn: bool = False,
                  processors: Tuple[Processor, ...] = (), diagnose: bool = True,
-                 parts_threshold: int = PARTS_THRESHOLD) -> None:
+                 parts_threshold: int = PARTS_THRESHOLD, mode: str = "full",
+                 summary_interval: float = 1.0) -> None:
         for name, value in zip(self.__slots__, (trace, pickler, unpickle, check_spawn,
-                                                processors, diagnose, parts_threshold)):
+                                                processors, diagnose, parts_threshold, mode,
+                                                summary_interval)):
             object.__setattr__(self, name, value)
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -104,6 +111,11 @@ def resolve() -> Config:
     if ENV_PARTS_THRESHOLD in env:
         cfg = cfg.replace(parts_threshold=check_threshold(env[ENV_PARTS_THRESHOLD],
                                                            ENV_PARTS_THRESHOLD))
+    if ENV_MODE in env:
+        cfg = cfg.replace(mode=check_mode(env[ENV_MODE], ENV_MODE))
+    if ENV_SUMMARY_INTERVAL in env:
+        cfg = cfg.replace(summary_interval=check_interval(env[ENV_SUMMARY_INTERVAL],
+                                                          ENV_SUMMARY_INTERVAL))
     return cfg.replace(**_explicit)
 
 
@@ -135,6 +147,26 @@ def check_pickler(value: Any, name: str) -> str:
         return value.strip().lower()
     raise ConfigError(
         f"{name}={value!r} is not a pickler tracedmp knows; use 'pickle' or 'cloudpickle'")
+
+
+def check_mode(value: Any, name: str) -> str:
+    if isinstance(value, str) and value.strip().lower() in MODES:
+        return value.strip().lower()
+    raise ConfigError(f"{name}={value!r} is not a tracing mode; use 'full' (a record per "
+                      "pickle) or 'summary' (aggregates per kind of pickle)")
+
+
+def check_interval(value: Any, name: str) -> float:
+    seconds = float("nan")
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:
+            seconds = float(value)
+        except ValueError:
+            pass
+    if not 0.001 <= seconds <= 86400:  # false for nan too
+        raise ConfigError(f"{name}={value!r} is not a number of seconds from 0.001 to 86400; "
+                          "e.g. 1 (the default) or 10")
+    return seconds
 
 
 def check_bool(value: Any, name: str) -> bool:

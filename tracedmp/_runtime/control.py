@@ -70,6 +70,7 @@ def activate(config: Optional[_config.Config] = None, *,
             program=os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else None,
             pickler=cfg.pickler,
             parts_threshold=cfg.parts_threshold,
+            mode=cfg.mode,
         )
         tracer.emit(rec)
     if announce:
@@ -140,7 +141,12 @@ def pop(suspended: Suspended, forward: Any = None) -> None:
 
 
 def deactivate() -> None:
+    if _tracer.current is not None:
+        _tracer.write_summary(_tracer.current)
     tracer, _tracer.current = _tracer.current, None
+    summary = sys.modules.get("tracedmp._runtime.summary")
+    if summary is not None:
+        summary.reset()
     if tracer is not None:
         _integrations.uninstall_all()
         _hooks.remove_patches()
@@ -213,6 +219,8 @@ def configure(
     processors: Optional[Sequence[Processor]] = _UNSET,
     diagnose: bool = _UNSET,
     parts_threshold: Union[int, bool, None] = _UNSET,
+    mode: str = _UNSET,
+    summary_interval: float = _UNSET,
 ) -> None:
     """Set tracing options; arguments left out keep their current setting.
 
@@ -229,6 +237,9 @@ def configure(
     - ``parts_threshold``: pickles of at least this many bytes (or ``"64k"``, ``"1m"``) name
       their largest parts (``parts`` in the record; default 64 KiB); ``False`` or ``0`` turns
       that off.
+    - ``mode``: ``"full"`` (a record per pickle) or ``"summary"`` (per process, aggregates
+      per kind of pickle, the largest few of each kind in full, every failure and process start).
+    - ``summary_interval``: seconds between a summary-mode process's writes (default 1).
 
     Giving a path as ``trace`` starts tracing at once; other changes apply to tracing that is
     already running and are used when it starts.
@@ -249,6 +260,10 @@ def configure(
     if parts_threshold is not _UNSET:
         new["parts_threshold"] = (None if parts_threshold is None else
                                   _config.check_threshold(parts_threshold, "parts_threshold"))
+    if mode is not _UNSET:
+        new["mode"] = _config.check_mode(mode, "mode")
+    if summary_interval is not _UNSET:
+        new["summary_interval"] = _config.check_interval(summary_interval, "summary_interval")
     _config._explicit.clear()
     _config._explicit.update({k: v for k, v in new.items() if v is not None})
     reconfigure(start=isinstance(new.get("trace"), str))

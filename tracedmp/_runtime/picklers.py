@@ -21,7 +21,7 @@ import types
 from multiprocessing import process as _mp_process
 from multiprocessing.context import _default_context
 from multiprocessing.reduction import ForkingPickler
-from time import perf_counter_ns, time_ns
+from time import perf_counter_ns, time, time_ns
 from weakref import ref as _ref
 
 from . import tracer as _tracer
@@ -109,9 +109,13 @@ class _Traced:
                         and hit.process is _mp_process._current_process._name  # type: ignore[attr-defined]
                         and hit.first_is_obj is (n > 0 and refs[0] is obj)  # type: ignore[index]  # n > 0: a list
                         and hit.context is _default_context._actual_context):  # type: ignore[attr-defined]
-                    seconds, micros = divmod(time_ns() // 1000, 1_000_000)  # ts_parts(), inline
-                    tracer.sink.write(hit.line % (seconds, micros, next(_tracer._seq), size,
-                                                duration))
+                    agg = hit.aggregate
+                    if agg is None:
+                        seconds, micros = divmod(time_ns() // 1000, 1_000_000)  # ts_parts()
+                        tracer.sink.write(hit.line % (seconds, micros, next(_tracer._seq),
+                                                      size, duration))
+                    else:  # summary mode: the template knows its aggregate
+                        agg.add(size, duration, hit.line)
                     return view
             record_pickle(tracer, obj, size, duration, refs or _NO_REFS,
                           pickler._tracedmp_by_value, site.channel, site.start_method,
@@ -319,12 +323,18 @@ def traced_loads(data: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def _record_unpickle(tracer: Any, obj: Any, data: Any, duration: int, channel: str) -> None:
-    rec = _tracer.base_record("unpickle", None)
+    rec = _tracer.base_record("unpickle", None, numbered=not tracer.summary)
     rec["channel"] = channel
     rec["size"] = memoryview(data).nbytes
     rec["type"] = type_name(obj)
     rec["pickler"] = tracer.pickler
     rec["duration_ns"] = duration
+    if tracer.summary:
+        from .summary import add_record
+
+        rec["ts"] = time()
+        add_record(rec)
+        return
     tracer.emit(rec)
 
 

@@ -13,6 +13,7 @@ from multiprocessing.context import _default_context
 from time import time
 from weakref import ref as _ref
 
+from . import summary as _summary
 from . import tracer as _tracer
 from .render import TS_HOLE, template_of, ts_parts
 from .tracer import FORMAT_VERSION
@@ -42,13 +43,15 @@ class Template:
     holes), and what it was made for, checked before it is used again: the pickled object's
     type, the first two functions or classes it named (weakly, but built-in types), how many it
     named, the process's name, whether the object itself was the first, and the default context
-    the start method was read under."""
+    the start method was read under.  In summary mode, ``aggregate`` is the aggregate its
+    pickles add to instead of writing ``line``."""
 
     __slots__ = ("static_type", "type_ref", "n", "first_ref", "second_ref", "line", "process",
-                 "first_is_obj", "context")
+                 "first_is_obj", "context", "aggregate")
 
     def __init__(self, t: type, refs: Sequence[Any], line: bytes, process: str,
-                 first_is_obj: bool, context: Any) -> None:
+                 first_is_obj: bool, context: Any, aggregate: Any = None) -> None:
+        self.aggregate = aggregate  # summary mode: what its pickles add to instead (else None)
         heap = t.__flags__ & _HEAPTYPE
         self.static_type = None if heap else t
         self.type_ref = _ref(t) if heap else None
@@ -93,17 +96,23 @@ def record_pickle(tracer: Any, obj: Any, size: int, duration: int, refs: Sequenc
         if site is not None and extra is None:
             site.template = hit  # a site sends the same kind of message again
         if hit is not None:
-            tracer.sink.write(hit.line % (*ts_parts(), next(_tracer._seq), size, duration))
+            if hit.aggregate is not None:  # summary mode: the template knows its aggregate
+                hit.aggregate.add(size, duration, hit.line)
+            else:
+                tracer.sink.write(hit.line % (*ts_parts(), next(_tracer._seq), size, duration))
             return
     rec = _pickle_record(tracer, obj, channel, start_method, *_describe(obj, refs, by_value))
     if pickler is not None:
         rec["pickler"] = pickler
     rec["ts"] = time()
-    rec["seq"] = next(_tracer._seq)
     rec["size"] = size
     rec["duration_ns"] = duration
     if extra:
         rec.update(extra)
+    if tracer.summary:
+        _summary.add_record(rec)  # no seq: only written records are numbered
+        return
+    rec["seq"] = next(_tracer._seq)
     tracer.emit(rec)
 
 
@@ -185,8 +194,10 @@ def _add_template(key: tuple, tracer: Any, obj: Any, refs: Sequence[Any], t: typ
         return None
     if len(_templates) >= _ENTRIES_LIMIT:
         _templates.clear()
+    agg = _summary.aggregate_for(rec) if tracer.summary else None
     hit = _templates[key] = Template(t, refs, template, process, first is obj,
-                                     _default_context._actual_context)  # type: ignore[attr-defined]
+                                     _default_context._actual_context,  # type: ignore[attr-defined]
+                                     agg)
     return hit
 
 

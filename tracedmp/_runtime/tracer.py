@@ -48,6 +48,7 @@ class Tracer:
         self._processors = config.processors
         # Pickles this large name their parts (parts.py); "never" when that is off.
         self.parts_at = config.parts_threshold or 1 << 62
+        self.summary = config.mode == "summary"  # aggregates instead of a record per pickle
 
     def emit(self, record: dict) -> None:
         if self._processors:
@@ -101,6 +102,13 @@ def start_method_here() -> str:
     return own
 
 
+def write_summary(tracer: "Tracer") -> None:
+    """Summary mode: write what this process aggregated (when tracing stops)."""
+    summary = sys.modules.get("tracedmp._runtime.summary")  # above this module; if imported
+    if tracer.summary and summary is not None:
+        summary.write()
+
+
 def after_fork_in_child() -> None:
     global _pid, _seq, _own_start_method
     _pid = os.getpid()
@@ -108,6 +116,9 @@ def after_fork_in_child() -> None:
     # Learnt again on the first record, once the child knows its process object (a forkserver
     # child is forked too, so "fork" would be wrong for it).
     _own_start_method = None
+    summary = sys.modules.get("tracedmp._runtime.summary")
+    if summary is not None:
+        summary.reset()  # the parent writes its own aggregates
     if current is not None:
         current.sink.after_fork_in_child()
 
