@@ -106,16 +106,20 @@ class TraceFile:
                 return
             except (ValueError, AttributeError):
                 pass
-            if len(line) < self.CHUNK_MAX and self.write == self._map_write and self._reserve():
-                self._map.write(line)  # type: ignore[union-attr]
+            if len(line) < self.CHUNK_MAX and self.write == self._map_write \
+                    and self._reserve(len(line)):
+                self._map.write(line)  # type: ignore[union-attr]  # it fits: reserved for it
             else:
                 self._write(line)
         finally:
             self._lock.release()
 
-    def _reserve(self) -> bool:
-        """Append a region of padding and map it; False (writing through from now on) if not."""
+    def _reserve(self, need: int) -> bool:
+        """Append a region of padding that holds at least ``need`` bytes and map it; False
+        (writing through from now on) if not."""
         size = self._chunk
+        while size <= need:  # a line longer than the next region: a larger one (need < MAX)
+            size *= 2
         try:
             if self._fd >= 0 and _identity(self._fd) != self._ident:  # closed by the program
                 self._fd = -1  # (that number is not ours to close)
@@ -140,7 +144,7 @@ class TraceFile:
         self._release()
         self._map, self._map_fd = region, dup
         if size < self.CHUNK_MAX:
-            self._chunk = size * 2
+            self._chunk = min(size * 2, self.CHUNK_MAX)
         return True
 
     def _release(self) -> None:
