@@ -97,3 +97,56 @@ if __name__ == "__main__":
     assert not [m for m in loaded if m.startswith("tracedmp._read")], loaded
     assert not [m for m in loaded if m.startswith("tracedmp._integrations.")], loaded
     assert not {"tracedmp._cli", "tracedmp._bench"} & set(loaded), loaded
+
+
+# What each command must not import: `run` pays its imports before the program starts (issue 19).
+_HEAVY = {"multiprocessing", "tracedmp._bench", "typing", "statistics"}
+_COMMAND_MODULES = """
+import json, os, sys
+
+def report_modules(*args):  # `run` ends in an exec: what was loaded by then
+    sys.stdout.flush()
+    print(json.dumps(sorted(sys.modules)))
+    sys.stdout.flush()
+    os._exit(0)
+
+os.execve = report_modules
+from tracedmp._cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+report_modules()
+"""
+
+
+def _modules_of_command(tmp_path, *argv: str) -> set:
+    proc = subprocess.run([sys.executable, "-c", _COMMAND_MODULES, *argv], capture_output=True,
+                          text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    return set(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def test_each_command_imports_only_what_it_uses(tmp_path):
+    trace = tmp_path / "t.jsonl"
+    (tmp_path / "prog.py").write_text("print('hi')\n")
+    run = _modules_of_command(tmp_path, "run", "--trace", str(trace), "prog.py")
+    assert "tracedmp._runtime.sink" in run, sorted(run)  # it did get as far as the exec
+    assert not (_HEAVY | {"tracedmp._read.reader"}) & run, sorted(_HEAVY & run)
+    version = _modules_of_command(tmp_path, "--version")
+    assert not (_HEAVY | {"tracedmp._runtime.config"}) & version, sorted(_HEAVY & version)
+    trace.write_text('{"v": 1, "event": "pickle", "pid": 1, "seq": 0}\n')
+    report = _modules_of_command(tmp_path, "report", str(trace))
+    assert "tracedmp._read.report" in report
+    assert not ({"multiprocessing", "tracedmp._bench"} & report), sorted(report)
+
+
+def test_bench_is_listed_and_built_only_when_asked_for(tmp_path):
+    from tracedmp import _bench, _cli
+
+    help_text = subprocess.run([sys.executable, "-m", "tracedmp", "--help"], capture_output=True,
+                               text=True, timeout=60).stdout
+    assert _cli._BENCH_HELP in " ".join(help_text.split())
+    assert f'help="{_cli._BENCH_HELP}"' in Path(_bench.__file__).read_text()
+    bench = _modules_of_command(tmp_path, "bench", "--help")
+    assert "tracedmp._bench" in bench

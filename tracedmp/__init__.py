@@ -10,18 +10,17 @@ rewriting and would warn (an error under ``-W error``) where it was imported bef
 """
 
 import importlib as _importlib
-import multiprocessing as _mp
 import sys as _sys
-from multiprocessing import (  # the stdlib's own objects: naming them starts nothing
-    AuthenticationError,
-    BufferTooShort,
-    ProcessError,
-    TimeoutError,
-    reducer,
-)
 
 TYPE_CHECKING = False  # what a spawned child imports must be light: it pays at every start
 if TYPE_CHECKING:
+    from multiprocessing import (
+        AuthenticationError,
+        BufferTooShort,
+        ProcessError,
+        TimeoutError,
+        reducer,
+    )
     from typing import Any
 
     from ._api import (
@@ -71,8 +70,7 @@ if TYPE_CHECKING:
         reset_config,
         uninstall,
     )
-    from ._runtime.tracer import FORMAT_VERSION
-    from ._version import __version__
+    from ._version import FORMAT_VERSION, __version__
 
 # multiprocessing's names, then ours.
 __all__ = [
@@ -153,11 +151,15 @@ _LAZY = {
                      "uninstall"), "_runtime.control"),
     **dict.fromkeys(("ConfigError", "TraceFileError", "TraceFormatError", "TracedmpError"),
                     "_errors"),
-    "FORMAT_VERSION": "_runtime.tracer",
+    "FORMAT_VERSION": "_version",
     **dict.fromkeys(("Record", "Trace", "read_trace"), "_read.reader"),
     "summarize": "_read.report",
     "__version__": "_version",
 }
+# multiprocessing's own objects: naming them starts nothing.  Imported on first use too, since
+# importing multiprocessing costs the `tracedmp` command ~10 ms before it runs anything.
+_PLAIN = frozenset(("AuthenticationError", "BufferTooShort", "ProcessError", "TimeoutError",
+                    "reducer"))
 
 
 def __getattr__(name: str) -> "Any":
@@ -175,6 +177,12 @@ def __getattr__(name: str) -> "Any":
     # globals(), so that each use after an uninstall()/install() finds tracing as it is.
     if name.startswith("_"):
         raise AttributeError(f"module 'tracedmp' has no attribute {name!r}")
+    import multiprocessing as _mp
+
+    if name in _PLAIN:
+        value = getattr(_mp, name)
+        globals()[name] = value
+        return value
     try:
         value = getattr(_mp, name)
     except AttributeError:
@@ -189,4 +197,4 @@ def __getattr__(name: str) -> "Any":
 
 
 def __dir__() -> "list[str]":
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | _PLAIN)

@@ -5,17 +5,23 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import IO, List, Optional
 
 from ._args import evaluate_expression, positive
 from ._errors import TracedmpError
+
+TYPE_CHECKING = False  # typing costs every command milliseconds to import
+if TYPE_CHECKING:
+    from typing import IO, List, Optional
 
 __all__ = ["main"]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = _parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Only `tracedmp bench` builds bench's options: they import multiprocessing, statistics and
+    # the rest, which every other command (`run` above all, before the program starts) would pay.
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = _parser(bench=command == "bench")
     program: List[str] = []
     if argv[:1] == ["run"]:
         # Everything from the script (or -m MODULE) on is the program's own command line, even
@@ -38,7 +44,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
 
 
-def _parser() -> argparse.ArgumentParser:
+# `bench`'s line in `tracedmp --help`, without importing it (_bench.add_parser has the same).
+_BENCH_HELP = "measure what pickling a payload costs, alone and in Pool.map"
+
+
+def _parser(bench: bool = True) -> argparse.ArgumentParser:
     from ._version import __version__
 
     parser = argparse.ArgumentParser(
@@ -107,9 +117,12 @@ def _parser() -> argparse.ArgumentParser:
                          "(has a / or ends in .pkl, .pickle, .bin, ...)")
     explain.set_defaults(func=_explain)
 
-    from ._bench import add_parser as add_bench
+    if bench:
+        from ._bench import add_parser as add_bench
 
-    add_bench(sub)
+        add_bench(sub)
+    else:
+        sub.add_parser("bench", help=_BENCH_HELP, add_help=False)
     return parser
 
 

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from bisect import bisect_left
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 from .._errors import TraceFileError, TraceFormatError
-from .._runtime.tracer import FORMAT_VERSION
+from .._version import FORMAT_VERSION
 
 from json import loads as _json_loads
 
@@ -487,9 +488,10 @@ def _name(value: Any) -> str:
 
 def _flush_if_tracing_to(path: str) -> None:
     # A program reading its own trace sees the records its main process still holds in memory.
-    from .._runtime import tracer as _tracer
-
-    tracer = _tracer.current
+    # Nothing traces in a process that has not imported the tracer (the `tracedmp report`
+    # command): importing it would import multiprocessing.
+    _tracer = sys.modules.get("tracedmp._runtime.tracer")
+    tracer = _tracer.current if _tracer is not None else None
     if tracer is not None and isinstance(tracer.config.trace, str) \
             and os.path.abspath(tracer.config.trace) == os.path.abspath(path):
         tracer.sink.flush()

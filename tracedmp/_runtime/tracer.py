@@ -14,6 +14,7 @@ import time
 from multiprocessing import context as _mp_context
 from multiprocessing import process as _mp_process
 
+from .._version import FORMAT_VERSION
 from .config import Config
 from .render import render
 from .sink import TraceFile
@@ -24,8 +25,6 @@ if TYPE_CHECKING:
 
 __all__ = ["FORMAT_VERSION", "Tracer", "base_record", "current", "internal_error", "safely",
            "start_method_here"]
-
-FORMAT_VERSION = 1
 
 # The running tracer of this process (set by control.activate), read at every pickle.
 current: Optional["Tracer"] = None
