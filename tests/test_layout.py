@@ -132,12 +132,15 @@ def test_each_command_imports_only_what_it_uses(tmp_path):
     (tmp_path / "prog.py").write_text("print('hi')\n")
     run = _modules_of_command(tmp_path, "run", "--trace", str(trace), "prog.py")
     assert "tracedmp._runtime.sink" in run, sorted(run)  # it did get as far as the exec
-    assert not (_HEAVY | {"tracedmp._read.reader"}) & run, sorted(_HEAVY & run)
+    assert not (_HEAVY | {"tracedmp._read.reader", "argparse"}) & run, sorted(run)
     version = _modules_of_command(tmp_path, "--version")
     assert not (_HEAVY | {"tracedmp._runtime.config"}) & version, sorted(_HEAVY & version)
     trace.write_text('{"v": 1, "event": "pickle", "pid": 1, "seq": 0}\n')
     report = _modules_of_command(tmp_path, "report", str(trace))
     assert "tracedmp._read.report" in report
+    # run's options spelt unusually go through argparse, which still reaches the exec.
+    odd = _modules_of_command(tmp_path, "run", f"--trace={trace}", "--unp", "prog.py")
+    assert {"argparse", "tracedmp._runtime.sink"} <= odd
     assert not ({"multiprocessing", "tracedmp._bench"} & report), sorted(report)
 
 
@@ -150,3 +153,22 @@ def test_bench_is_listed_and_built_only_when_asked_for(tmp_path):
     assert f'help="{_cli._BENCH_HELP}"' in Path(_bench.__file__).read_text()
     bench = _modules_of_command(tmp_path, "bench", "--help")
     assert "tracedmp._bench" in bench
+
+
+def test_run_parsed_without_argparse_gets_what_argparse_would(tmp_path):
+    from tracedmp import _cli
+
+    cases = [["--trace", "t.jsonl", "--pickler", "cloudpickle", "--unpickle", "prog.py", "-q"],
+             ["--check-spawn", "-m", "pytest", "-x", "--trace", "y"],
+             ["--trace", "a", "--trace", "b", "--", "prog.py"], ["prog.py", "--unpickle"]]
+    for options in cases:
+        argv, program = _cli._split_run(["run", *options])
+        quick = _cli._quick_run_args(argv[1:], program)
+        full = _cli._parser(bench=False).parse_args(argv)
+        full.program = program or full.program
+        assert quick is not None, options
+        assert {k: getattr(full, k) for k in vars(quick)} == vars(quick), options
+    for odd in (["--trace=t", "p.py"], ["--pickler", "dill", "p.py"], ["--help"], [],
+                ["--trace"], ["--tr", "t", "p.py"], ["--trace", "-x", "p.py"]):
+        argv, program = _cli._split_run(["run", *odd])
+        assert _cli._quick_run_args(argv[1:], program) is None, odd

@@ -2,39 +2,46 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
-from ._args import evaluate_expression, positive
 from ._errors import TracedmpError
 
 TYPE_CHECKING = False  # typing costs every command milliseconds to import
 if TYPE_CHECKING:
-    from typing import IO, List, Optional
+    import argparse
+    from types import SimpleNamespace
+    from typing import IO, Any, Callable, List, Optional
 
 __all__ = ["main"]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # Only `tracedmp bench` builds bench's options: they import multiprocessing, statistics and
-    # the rest, which every other command (`run` above all, before the program starts) would pay.
-    command = next((a for a in argv if not a.startswith("-")), None)
-    parser = _parser(bench=command == "bench")
     program: List[str] = []
     if argv[:1] == ["run"]:
         # Everything from the script (or -m MODULE) on is the program's own command line, even
         # what looks like an option: argparse would claim "-m pytest -q"'s -q for itself.
         argv, program = _split_run(argv)
+        quick = _quick_run_args(argv[1:], program)
+        if quick is not None:
+            return _call(_run, quick)
+    # Only `tracedmp bench` builds bench's options: they import multiprocessing, statistics and
+    # the rest, which every other command (`run` above all, before the program starts) would pay.
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = _parser(bench=command == "bench")
     args = parser.parse_args(argv)
     if program:
         args.program = program
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
         return 2
+    return _call(args.func, args)
+
+
+def _call(func: Callable[[Any], int], args: Any) -> int:
     try:
-        return args.func(args)
+        return func(args)
     except TracedmpError as exc:
         from ._read.reader import printable
 
@@ -48,7 +55,44 @@ def main(argv: Optional[List[str]] = None) -> int:
 _BENCH_HELP = "measure what pickling a payload costs, alone and in Pool.map"
 
 
+def _quick_run_args(options: List[str], program: List[str]) -> Optional[SimpleNamespace]:
+    """``run``'s arguments when they are plainly spelt, without argparse.
+
+    Importing argparse and building the parser costs `tracedmp run` milliseconds before the
+    program starts (3.14's also imports _colorize, dataclasses and inspect); anything unusual
+    (an abbreviation, ``--opt=value``, a bad choice, ``--help``, nothing to run) goes through
+    argparse, which says what is wrong exactly as before.
+    """
+    from types import SimpleNamespace
+
+    args = SimpleNamespace(command="run", trace=None, pickler=None, unpickle=False,
+                           check_spawn=False, module=None, program=program)
+    i = 0
+    while i < len(options):
+        opt = options[i]
+        if opt in ("--unpickle", "--check-spawn"):
+            setattr(args, opt[2:].replace("-", "_"), True)
+            i += 1
+            continue
+        if opt not in ("--trace", "--pickler", "-m") or i + 1 >= len(options):
+            return None
+        value = options[i + 1]
+        if value.startswith("-") or (opt == "--pickler" and value not in _PICKLERS):
+            return None
+        setattr(args, {"--trace": "trace", "--pickler": "pickler", "-m": "module"}[opt], value)
+        i += 2
+    if args.module is None and not program:
+        return None
+    return args
+
+
+_PICKLERS = ("pickle", "cloudpickle")
+
+
 def _parser(bench: bool = True) -> argparse.ArgumentParser:
+    import argparse
+
+    from ._args import positive
     from ._version import __version__
 
     parser = argparse.ArgumentParser(
@@ -66,7 +110,7 @@ def _parser(bench: bool = True) -> argparse.ArgumentParser:
     )
     run.add_argument("--trace", metavar="PATH", help="trace file (default: $TRACEDMP_TRACE, "
                      "else tracedmp-<time>-<pid>.jsonl here)")
-    run.add_argument("--pickler", choices=("pickle", "cloudpickle"),
+    run.add_argument("--pickler", choices=_PICKLERS,
                      help="pickler for every process (default: pickle, as multiprocessing)")
     run.add_argument("--unpickle", action="store_true", help="record unpickling too")
     run.add_argument("--summary", action="store_true",
@@ -167,6 +211,7 @@ def _timeline(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
+    from ._args import evaluate_expression
     from ._read.explain import explain, explain_bytes, render_tree
 
     target = args.target
@@ -290,7 +335,7 @@ def _note_losses(path: str, lost: dict) -> None:
                         "`tracedmp report`)"), file=sys.stderr)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace | SimpleNamespace) -> int:
     from ._runtime import config as _config
     from ._runtime.sink import TraceFile
 
