@@ -65,12 +65,12 @@ def _quick_run_args(options: List[str], program: List[str]) -> Optional[SimpleNa
     """
     from types import SimpleNamespace
 
-    args = SimpleNamespace(command="run", trace=None, pickler=None, unpickle=False,
-                           check_spawn=False, module=None, program=program)
+    args = SimpleNamespace(command="run", trace=None, pickler=None, module=None,
+                           program=program, **{s[2:].replace("-", "_"): False for s in _SWITCHES})
     i = 0
     while i < len(options):
         opt = options[i]
-        if opt in ("--unpickle", "--check-spawn"):
+        if opt in _SWITCHES:
             setattr(args, opt[2:].replace("-", "_"), True)
             i += 1
             continue
@@ -87,6 +87,7 @@ def _quick_run_args(options: List[str], program: List[str]) -> Optional[SimpleNa
 
 
 _PICKLERS = ("pickle", "cloudpickle")
+_SWITCHES = ("--unpickle", "--summary", "--check-spawn")  # run's store_true options
 
 
 def _parser(bench: bool = True) -> argparse.ArgumentParser:
