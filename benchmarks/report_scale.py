@@ -4,9 +4,11 @@
 
 Builds a trace of realistic records (taken from a real traced Pool run, then repeated with
 varied processes, sizes and callables), then times `tracedmp report` and `tracedmp report --json`
-on it in a fresh process and reads that process's peak memory.  Goals: 1,000,000 records in
-under 15 s and 300 MB; 10,000,000 (about 3 GB of trace: give --dir a disk with room) in under
-60 s and 500 MB -- the report streams, its memory bounded by the number of groups.
+on it in a fresh process and reads that process's peak memory; then `tracedmp report --html`,
+and the size of the page it wrote (goal: under 1 MB, whatever the records).  Goals: 1,000,000
+records in under 15 s and 300 MB; 10,000,000 (about 3 GB of trace: give --dir a disk with
+room) in under 60 s and 500 MB -- the report streams, its memory bounded by the number of
+groups.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def real_records(tmp: str) -> list:
                 "        p.map(g, [list(range(5000))] * 20)\n")
     subprocess.run([sys.executable, program], env=env, check=True, cwd=tmp, timeout=300)
     with open(trace) as f:
-        return [json.loads(line) for line in f]
+        return [json.loads(line) for line in f if line.strip()]  # blank: unused reserved space
 
 
 def build(path: str, seed: list, n: int) -> None:
@@ -96,10 +98,14 @@ def main() -> int:
         size_mb = os.path.getsize(path) / 1e6
         text_s, text_mb, text_cpu = measure(["report", path])
         json_s, json_mb, json_cpu = measure(["report", "--json", path])
+        page = os.path.join(tmp, "big.html")
+        html_s, html_mb, html_cpu = measure(["report", path, "--html", page])
+        html_kb = os.path.getsize(page) / 1e3
     goal = "60 s and 500 MB" if args.records > 1_000_000 else "15 s and 300 MB"
     print(f"{args.records} records ({size_mb:.0f} MB): report {text_s:.1f} s "
-          f"({text_cpu:.1f} s CPU), --json {json_s:.1f} s ({json_cpu:.1f} s CPU); "
-          f"peak memory {max(text_mb, json_mb):.0f} MiB "
+          f"({text_cpu:.1f} s CPU), --json {json_s:.1f} s ({json_cpu:.1f} s CPU), --html "
+          f"{html_s:.1f} s ({html_cpu:.1f} s CPU; a {html_kb:.0f} KB page); "
+          f"peak memory {max(text_mb, json_mb, html_mb):.0f} MiB "
           f"(goal: under {goal}); load average {os.getloadavg()[0]:.1f} on "
           f"{os.cpu_count()} cores")
     return 0

@@ -133,6 +133,9 @@ def _parser(bench: bool = True) -> argparse.ArgumentParser:
                         help="rows in the top-N tables (default 10)")
     report.add_argument("--channel", help="only records of this channel (e.g. pool.task)")
     report.add_argument("--pid", type=int, help="only records of this process id")
+    report.add_argument("--html", metavar="OUT",
+                        help="also write the report as one self-contained HTML file (charts, "
+                        "process lanes, sortable tables; opens offline)")
     report.set_defaults(func=_report)
 
     timeline = sub.add_parser(
@@ -290,6 +293,8 @@ def _split_run(argv: List[str]) -> "tuple[List[str], List[str]]":
 def _report(args: argparse.Namespace) -> int:
     from ._read.report import render_text, summarize_file
 
+    if args.html:
+        return _report_html(args)
     data = summarize_file(args.trace, top=args.top, channel=args.channel, pid=args.pid)
     if data["records"] == 0:
         raise _no_records(args.trace, data["lost"])
@@ -299,6 +304,37 @@ def _report(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=1, default=list))
     else:
         sys.stdout.write(render_text(data))
+    _note_losses(args.trace, data["lost"])
+    return 0
+
+
+def _report_html(args: argparse.Namespace) -> int:
+    from ._read.html import render_html, report_data
+    from ._read.reader import printable, read_trace
+
+    if args.json or args.channel is not None or args.pid is not None:
+        raise TracedmpError("--html takes the whole trace (filter by channel and process on "
+                            "the page); leave out --json, --channel and --pid")
+    data = report_data(read_trace(args.trace), top=args.top)
+    if data["records"] == 0:
+        raise _no_records(args.trace, data["lost"])
+    page = render_html(data)
+    tmp = args.html + ".part"
+    made = False
+    try:
+        out = _create(tmp)
+        made = True
+        with out:
+            out.write(page)
+        os.replace(tmp, args.html)  # replaces a symbolic link there, never writes through it
+        made = False
+    except OSError as exc:
+        raise TracedmpError(f"cannot write {args.html}: {exc.strerror or exc}") from exc
+    finally:
+        if made:
+            os.unlink(tmp)
+    print(printable(f"wrote {args.html} ({len(page.encode()) / 1000:.0f} KB): open it in a "
+                    "browser (it loads nothing from the network)"))
     _note_losses(args.trace, data["lost"])
     return 0
 

@@ -329,7 +329,8 @@ class Summary:
             entry[1] += 1
             return
         example = {k: r.get(k) for k in ("kind", "process", "pid", "start_method",
-                                         "duration_ns", "part", "child", "method")}
+                                         "duration_ns", "part", "child", "method", "seq",
+                                         "ts")}
         ordered = user_first(dict.fromkeys(n for n, _ in names))
         kinds = dict(names)
         example.update(size=size, channel=channel, type=shape[2],
@@ -431,10 +432,11 @@ class Summary:
                                 f"{_fmt_bytes(median)} (median; {_fmt_bytes(g.bytes)} in all): "
                                 "if that data is the same every time, send it once with a Pool "
                                 "initializer, or put it in shared memory"),
-                    "count": g.count, "median_size": median, "bytes": g.bytes})
+                    "count": g.count, "median_size": median, "bytes": g.bytes,
+                    "channel": channel, "callable": what})
             if g.count >= 1000 and median < 1024:
                 out.append({
-                    "kind": "small_chunks",
+                    "kind": "small_chunks", "channel": channel, "callable": what,
                     "message": (f"{g.count} {channel} messages of {_fmt_bytes(median)} (median) "
                                 f"calling {what}: per-message overhead dominates; pass a larger "
                                 "chunksize to map/imap (e.g. len(items) // (4 * processes))"),
@@ -447,7 +449,7 @@ class Summary:
                                 f"({_fmt_bytes(g.bytes // g.count)} per pickle on average): "
                                 "define it at module level in an importable module so it "
                                 "travels as a name"),
-                    "count": g.count, "bytes": g.bytes})
+                    "count": g.count, "bytes": g.bytes, "name": name})
         if span > 0:
             share = total.ns / 1e9 / span
             if share >= 0.10:
@@ -896,10 +898,11 @@ class _Libraries:
                                 "joblib copies arguments into every batch; pass large data as "
                                 "numpy arrays (memmapped above max_nbytes), or load it in the "
                                 "workers once"),
-                    "count": g.count, "median_size": median, "bytes": g.bytes})
+                    "count": g.count, "median_size": median, "bytes": g.bytes,
+                    "channel": channel, "callable": what})
             if g.count >= 1000 and median < 1024:
                 out.append({
-                    "kind": "joblib_small_batches",
+                    "kind": "joblib_small_batches", "channel": channel, "callable": what,
                     "message": (f"{g.count} {channel} batches of {_fmt_bytes(median)} (median) "
                                 f"calling {what}: per-message overhead dominates; let joblib "
                                 "batch (batch_size='auto', the default) or pass a larger "
@@ -913,7 +916,7 @@ class _Libraries:
                                 f"{channel} messages ({_fmt_bytes(v[1])} in all): joblib "
                                 "memmaps numpy arrays above max_nbytes (1M by default) instead; "
                                 "leave max_nbytes set, or lower it"),
-                    "count": v[0], "nbytes": nbytes, "bytes": v[1]})
+                    "count": v[0], "nbytes": nbytes, "bytes": v[1], "channel": channel})
         return out
 
 
