@@ -61,7 +61,7 @@ def chromium():
                 "HTML report's browser tests (.ci/run installs it)")
 
 
-def browse(page, tmp_path, *, screenshot=None):
+def browse(page, tmp_path, *, screenshot=None, fragment=""):
     """Open ``page`` in headless Chromium: the DOM after its scripts ran, and every URL the page
     itself asked the network for (from Chromium's net log: the page's requests are those its
     opaque file: origin initiated; the browser's own background ones are "not an origin")."""
@@ -72,8 +72,9 @@ def browse(page, tmp_path, *, screenshot=None):
             "--no-first-run", "--disable-extensions", f"--user-data-dir={profile}"]
     shot = [f"--screenshot={screenshot}", "--window-size=1400,2000", "--hide-scrollbars"] \
         if screenshot is not None else []
-    proc = subprocess.run(base + [f"--log-net-log={netlog}", *shot, "--dump-dom", page.as_uri()],
-                          capture_output=True, text=True, timeout=90)
+    proc = subprocess.run(
+        base + [f"--log-net-log={netlog}", *shot, "--dump-dom", page.as_uri() + fragment],
+        capture_output=True, text=True, timeout=90)
     assert proc.returncode == 0, proc.stderr[-2000:]
     log = json.loads(netlog.read_text())
     start_job = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
@@ -151,6 +152,20 @@ def test_html_report_of_a_real_trace_in_chromium(real_trace, tmp_path):
     assert "__main__.lookup" in text and "pool.task" in text
     assert dom.count("<circle") >= 100  # few enough pickles: every one is drawn
     assert "<th" in dom and 'aria-sort="descending"' in dom  # sortable tables, sorted
+
+
+def test_filters_narrow_the_per_record_tables(real_trace, tmp_path):
+    out = tmp_path / "report.html"
+    assert cli("report", str(real_trace), "--html", str(out)).returncode == 0
+    pid = report_data(str(real_trace))["timeline"]["lanes"][0]["pid"]
+    dom, _ = browse(out, tmp_path, fragment=f"#filter?channel=pool.result&pid={pid}")
+    assert 'data-ready="1"' in dom
+    largest = re.search(r'<section id="largest">(.*?)</section>', dom, re.S).group(1)
+    assert "no row matches the filter" in largest or "pool.result" in largest
+    assert "pool.task" not in largest and "rows (filtered)" in largest
+    dom, _ = browse(out, tmp_path, fragment="#filter?channel=pool.result")
+    largest = re.search(r'<section id="largest">(.*?)</section>', dom, re.S).group(1)
+    assert "pool.result" in largest and "pool.task" not in largest
 
 
 def test_hostile_names_cannot_inject_markup_or_script(tmp_path):

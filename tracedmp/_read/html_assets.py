@@ -44,6 +44,7 @@ button:hover { border-color:var(--accent); }
 .findings { list-style:none; margin:0; padding:0; }
 .findings li { border-left:4px solid var(--warn); background:#fffaf2; padding:8px 12px;
   margin:0 0 8px; border-radius:0 6px 6px 0; overflow-wrap:anywhere; }
+.findings li.morebox { border:0; background:none; padding:0 0 0 12px; }
 .findings li.none { border-left-color:#2e7d32; background:#f3faf3; }
 .findings a, a.jump { color:var(--accent); cursor:pointer; text-decoration:none;
   margin-left:6px; white-space:nowrap; font-size:13px; }
@@ -279,6 +280,13 @@ chSel.addEventListener("change", () => { state.channel = chSel.value; state.high
 prSel.addEventListener("change", () => { state.proc = prSel.value; refresh(); });
 reset.addEventListener("click", () => { state.channel = state.proc = ""; state.highlight = null;
   chSel.value = prSel.value = ""; refresh(); });
+// A link may carry filters: report.html#filter?channel=pool.task&pid=1234
+if (location.hash.startsWith("#filter?")) {
+  const q = new URLSearchParams(location.hash.slice(8));
+  if (T.channels.indexOf(q.get("channel")) >= 0) state.channel = chSel.value = q.get("channel");
+  const lane = T.lanes.find(l => l.pid != null && String(l.pid) === q.get("pid"));
+  if (lane) state.proc = prSel.value = String(lane.proc);
+}
 function keepChannel(c) { return !state.channel || c === state.channel; }
 function keepPid(pid) { const p = pidSelected(); return p == null || pid === p; }
 
@@ -290,8 +298,23 @@ const LINKS = { largest: "the pickles behind it", value: "the functions sent by 
   headline: "the headline" };
 if (!D.findings.length) ul.append(el("li", { class: "none",
   text: "None of the known problems shows in this trace." }));
+const perKind = {};
 D.findings.forEach(f => {
-  const li = el("li", { "data-kind": str(f.kind) }, str(f.message));
+  const kind = str(f.kind), seen = perKind[kind] = (perKind[kind] || 0) + 1;
+  const li = el("li", { "data-kind": kind }, str(f.message));
+  if (seen > 3) {  // a kind that repeats (one finding per function, say) shows 3, then a button
+    li.hidden = true;
+    if (seen === 4) {
+      const more = D.findings.filter(g => str(g.kind) === kind).length - 3;
+      const button = el("button", { type: "button", class: "more",
+        text: "show " + more + " more like the above" });
+      button.addEventListener("click", () => {
+        ul.querySelectorAll("li[hidden]").forEach(n => { if (n.dataset.kind === kind) n.hidden = false; });
+        button.remove();
+      });
+      ul.append(el("li", { class: "morebox" }, button));
+    }
+  }
   const link = f.link || {};
   const a = el("a", { href: "#" + (link.section || "headline"),
     text: "\u2192 " + (LINKS[link.section] || "details") });
@@ -393,7 +416,7 @@ lanesSec.append(lanesBox);
 function drawLanes() {
   const p = pidSelected();
   const lanes = T.lanes.map((l, i) => ({ l: l, i: i })).filter(x => p == null || x.l.pid === p);
-  const W = 1300, L = 230, R = 16, LH = 30, TOP = 6;
+  const W = 1300, L = 230, R = 16, LH = lanes.length > 16 ? 20 : 30, TOP = 6;
   const w = W - L - R, H = TOP + lanes.length * LH + 28;
   const svg = sv("svg", { viewBox: "0 0 " + W + " " + H, role: "img", "aria-label": "process lanes" });
   const X = t => L + w * Math.min(Math.max(t, 0), T.span) / T.span;
@@ -425,7 +448,7 @@ function drawLanes() {
     const [t, size, ns, c, proc, seq] = m;
     const k = row[proc] != null ? row[proc] : (p == null ? row[-1] : null);
     if (k == null || !keepChannel(T.channels[c])) return;
-    const r = 2 + 7 * Math.sqrt(size / maxSize);
+    const r = 2 + Math.min(7, LH / 2 - 4) * Math.sqrt(size / maxSize);
     svg.append(tip(sv("circle", { cx: X(t).toFixed(2), cy: TOP + k * LH + LH / 2, r: r.toFixed(2),
       fill: colorOf(T.channels[c]), "fill-opacity": "0.75", stroke: "#fff", "stroke-width": "0.6" }),
       T.channels[c] + ": " + fmtBytes(size) + ", " + fmtNs(ns) + " at " + fmtS(t) + " (" +
@@ -620,6 +643,7 @@ if ((T.summary_records || []).length) {
 app.append(el("footer", { text: "Generated " + D.generated + " by tracedmp" +
   (run.tracedmp ? " " + run.tracedmp : "") + " from " + fmtInt(D.records) +
   " records. This file is self-contained: it loads nothing from anywhere." }));
+if (state.channel || state.proc) refresh();
 document.body.setAttribute("data-ready", "1");
 })();
 """
