@@ -248,3 +248,38 @@ def test_html_refuses_text_only_options(real_trace, tmp_path):
     proc = cli("report", str(real_trace), "--html", str(tmp_path / "r.html"), "--json")
     assert proc.returncode == 2 and "--html takes the whole trace" in proc.stderr
     assert not (tmp_path / "r.html").exists()
+
+
+def test_a_summary_trace_renders_from_its_aggregates(tmp_path):
+    # Summary mode (docs/trace-format.md, `summary`): aggregates per kind and process, with the
+    # largest pickles kept in full as exemplars, already counted in a summary.
+    base = {"v": 1, "pid": 7, "process": "MainProcess", "start_method": "spawn"}
+    records = [
+        {**base, "event": "trace_start", "ts": 100.0, "seq": 0, "program": "s.py",
+         "mode": "summary"},
+        {**base, "event": "pickle", "ts": 100.5, "seq": 1, "channel": "pool.task",
+         "size": 90_000, "duration_ns": 10, "type": "builtins.tuple", "exemplar": True},
+        {**base, "event": "summary", "ts": 101.0, "seq": 2, "of": "pickle", "since": 100.0,
+         "channel": "pool.task", "type": "builtins.tuple", "count": 1000, "bytes": 5_000_000,
+         "min_size": 10, "max_size": 90_000, "duration_ns": 4_000_000,
+         "sizes": [[10, 999], [90_000, 1]], "sizes_exact": True},
+        {**base, "pid": 8, "process": "W-1", "event": "summary", "ts": 102.0, "seq": 0,
+         "of": "pickle", "since": 101.0, "channel": "pool.result", "type": "builtins.int",
+         "count": 1000, "bytes": 30_000, "duration_ns": 1_000_000,
+         "sizes": [[30, 1000]], "sizes_exact": True},
+    ]
+    trace = tmp_path / "summary.jsonl"
+    trace.write_text("".join(json.dumps(r) + "\n" for r in records))
+    timeline = report_data(str(trace))["timeline"]
+    assert timeline["summary_mode"] and timeline["pickles"] == 2000  # the exemplar counted once
+    assert sum(map(sum, timeline["lane_count"])) == 2000
+    assert sum(map(sum, timeline["bytes"])) == 5_030_000
+    # Spread over the interval each summary covers: W-1's in the second half only.
+    w1 = [lane["proc"] for lane in timeline["lanes"]].index(timeline["pids"].index(8))
+    assert sum(timeline["lane_bytes"][w1][:110]) == 0 and sum(timeline["lane_bytes"][w1]) == 30_000
+    assert [m[1] for m in timeline["marks"]] == [90_000]  # the exemplar, as a dot
+    out = tmp_path / "summary.html"
+    out.write_text(render_html(report_data(str(trace))))
+    dom, requested = browse(out, tmp_path)
+    assert 'data-ready="1"' in dom and requested == []
+    assert "A summary-mode trace (2 summary records)" in text_of(dom)

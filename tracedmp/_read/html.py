@@ -49,6 +49,15 @@ class Timeline:
         self.chan = array("H")
         self.proc = array("I")
         self.seq = array("q")
+        self.counted = array("B")  # 0: a summary trace's exemplar, already in a summary
+        # Summary-mode aggregates: count, bytes and time of a kind of pickle over [since, ts].
+        self.s_since = array("d")
+        self.s_ts = array("d")
+        self.s_count = array("q")
+        self.s_bytes = array("q")
+        self.s_ns = array("q")
+        self.s_chan = array("H")
+        self.s_proc = array("I")
         self.channels: Dict[str, int] = {}
         self.pids: Dict[Any, int] = {}
         self.names: List[str] = []
@@ -60,7 +69,6 @@ class Timeline:
         self.start_of: Dict[Any, float] = {}  # child pid -> when its parent started it
         self.first: Dict[int, float] = {}
         self.last: Dict[int, float] = {}
-        self.summary_records: List[Dict[str, Any]] = []
 
     def _proc(self, r: Dict[str, Any]) -> int:
         pid = r.get("pid")
@@ -72,17 +80,22 @@ class Timeline:
             self.pid_list.append(pid if type(pid) is int else None)
         return i
 
+    def _chan(self, r: Dict[str, Any]) -> int:
+        channel = _text(r.get("channel"))
+        c = self.channels.get(channel)
+        if c is None:
+            c = self.channels[channel] = min(len(self.channels), 65535)
+        return c
+
     def add(self, r: Dict[str, Any]) -> None:
         event = r.get("event")
         ts = finite(r.get("ts"))
         if event == "pickle":
             if ts is None:
                 return
-            channel = _text(r.get("channel"))
-            c = self.channels.get(channel)
-            if c is None:
-                c = self.channels[channel] = min(len(self.channels), 65535)
+            c = self._chan(r)
             p = self._proc(r)
+            self.counted.append(0 if r.get("exemplar") is True else 1)
             self.ts.append(ts)
             self.size.append(_int(r.get("size")))
             self.ns.append(_int(r.get("duration_ns")))
@@ -106,10 +119,16 @@ class Timeline:
                     "t": ts, "pid": _pid(r), "proc": self._proc(r), "seq": _int(r.get("seq"), -1),
                     **{k: _short(r.get(k)) for k in ("process", "channel", "type", "error",
                                                        "path", "hint")}})
-        elif event in ("summary", "pickle_summary"):
-            # Summary-mode records (`tracedmp run --summary`): aggregates, no per-pickle times.
-            if len(self.summary_records) < EVENTS:
-                self.summary_records.append({k: _clean(v) for k, v in list(r.items())[:40]})
+        elif event == "summary" and r.get("of", "pickle") == "pickle" and ts is not None:
+            # Summary mode (`tracedmp run --summary`): the pickles of one kind since ``since``.
+            since = finite(r.get("since"))
+            self.s_since.append(since if since is not None and since <= ts else ts)
+            self.s_ts.append(ts)
+            self.s_count.append(_int(r.get("count")))
+            self.s_bytes.append(_int(r.get("bytes")))
+            self.s_ns.append(_int(r.get("duration_ns")))
+            self.s_chan.append(self._chan(r))
+            self.s_proc.append(self._proc(r))
         if ts is not None and event != "pickle" and type(r.get("pid")) is int:
             p = self._proc(r)
             if ts < self.first.get(p, math.inf):
@@ -134,7 +153,9 @@ class Timeline:
         n = len(self.ts)
         order = sorted(self.channels, key=lambda c: self.channels[c])
         totals = [0] * len(order)
-        for c, s in zip(self.chan, self.size):
+        for c, s, counted in zip(self.chan, self.size, self.counted):
+            totals[c] += s * counted
+        for c, s in zip(self.s_chan, self.s_bytes):
             totals[c] += s
         shown = sorted(range(len(order)), key=lambda c: -totals[c])[:CHANNELS]
         slot = {c: i for i, c in enumerate(shown)}
@@ -147,9 +168,12 @@ class Timeline:
         # The lanes: the busiest processes (by bytes) each get one, the rest share one.
         proc_bytes = [0] * len(self.names)
         proc_count = [0] * len(self.names)
-        for p, s in zip(self.proc, self.size):
+        for p, s, counted in zip(self.proc, self.size, self.counted):
+            proc_bytes[p] += s * counted
+            proc_count[p] += counted
+        for p, s, k in zip(self.s_proc, self.s_bytes, self.s_count):
             proc_bytes[p] += s
-            proc_count[p] += 1
+            proc_count[p] += k
         everyone = list(range(len(self.names)))
         everyone.sort(key=lambda p: (-proc_bytes[p], self.first.get(p, 0.0)))
         lane_procs = everyone[:LANES]
@@ -159,6 +183,8 @@ class Timeline:
         lane_count = [[0] * BUCKETS for _ in lane_bytes]
 
         for i in range(n):
+            if not self.counted[i]:
+                continue
             b = min(int((self.ts[i] - t0) / width), BUCKETS - 1)
             c = slot.get(self.chan[i], other)
             if c >= 0:
@@ -168,6 +194,26 @@ class Timeline:
             lane = lane_of.get(self.proc[i], rest)
             lane_bytes[lane][b] += self.size[i]
             lane_count[lane][b] += 1
+
+        # A summary's pickles, spread evenly over the interval they were made in (in whole
+        # numbers that add up to the summary's).
+        for k in range(len(self.s_ts)):
+            lo = min(max(int((self.s_since[k] - t0) / width), 0), BUCKETS - 1)
+            hi = min(max(int((self.s_ts[k] - t0) / width), lo), BUCKETS - 1)
+            parts = hi - lo + 1
+            c = slot.get(self.s_chan[k], other)
+            lane = lane_of.get(self.s_proc[k], rest)
+            count, size, ns = self.s_count[k], self.s_bytes[k], self.s_ns[k]
+            for j in range(parts):
+                b = lo + j
+                share_count = count * (j + 1) // parts - count * j // parts
+                share_bytes = size * (j + 1) // parts - size * j // parts
+                if c >= 0:
+                    series_bytes[c][b] += share_bytes
+                    series_ns[c][b] += ns * (j + 1) // parts - ns * j // parts
+                    series_count[c][b] += share_count
+                lane_bytes[lane][b] += share_bytes
+                lane_count[lane][b] += share_count
 
         # Single pickles as marks: all of them when few, else the largest.
         picked: Iterable[int] = range(n)
@@ -198,14 +244,15 @@ class Timeline:
             "processes": self.names[:5000],
             "pids": self.pid_list[:5000],
             "lanes": lanes, "lane_bytes": lane_bytes, "lane_count": lane_count,
-            "marks": marks, "marks_all": n <= MARKS, "pickles": n,
+            "marks": marks, "marks_all": n <= MARKS and not self.s_ts,
+            "pickles": sum(self.counted) + sum(self.s_count),
+            "summary_mode": bool(self.s_ts), "summaries": len(self.s_ts),
             "starts": [{**s, "t": None if s["t"] is None else round(s["t"] - t0, 6)}
                        for s in self.starts],
             "start_count": self.start_count,
             "failures": [{**f, "t": None if f["t"] is None else round(f["t"] - t0, 6)}
                          for f in self.failures],
             "failure_count": self.failure_count,
-            "summary_records": self.summary_records,
         }
 
 

@@ -407,7 +407,10 @@ redraws.push(drawChart);
 
 // ---- lanes
 const lanesSec = section("lanes", "Processes over time",
-  (T.marks_all ? "Every pickle is a dot sized by its bytes, colored by channel; "
+  (T.summary_mode ? "A summary-mode trace (" + fmtInt(T.summaries) + " summary records): shading " +
+    "shows the bytes each process pickled per interval, spread over the interval each summary " +
+    "covers; the dots are the pickles it kept in full (the largest of each kind); " :
+   T.marks_all ? "Every pickle is a dot sized by its bytes, colored by channel; "
     : "Shading shows the bytes each process pickled per interval; the " + T.marks.length +
       " largest of " + fmtInt(T.pickles) + " pickles are dots sized by bytes; ") +
   "\u25BC a process start (in the parent) and \u25B6 where the child began; \u2716 a pickling failure.");
@@ -630,16 +633,6 @@ if (D.unpickles) {
   section("unpickles", "Unpickling", fmtInt(u.count) + " loads, " + fmtBytes(u.bytes) + ", " +
     fmtNs(u.pickle_ns));
 }
-if ((T.summary_records || []).length) {
-  const sm = section("summary-records", "Summary records",
-    "Aggregates written by a summary-mode trace (no per-pickle times, so no lanes for them).");
-  const keys = [];
-  T.summary_records.forEach(r => Object.keys(r).forEach(k => { if (keys.indexOf(k) < 0 &&
-    ["v", "event"].indexOf(k) < 0) keys.push(k); }));
-  table(sm, keys.slice(0, 12).map(k => ({ key: k, label: k, mono: true,
-    fmt: v => v != null && typeof v === "object" ? JSON.stringify(v) : str(v) })), T.summary_records);
-}
-
 app.append(el("footer", { text: "Generated " + D.generated + " by tracedmp" +
   (run.tracedmp ? " " + run.tracedmp : "") + " from " + fmtInt(D.records) +
   " records. This file is self-contained: it loads nothing from anywhere." }));
