@@ -205,6 +205,8 @@ def test_hostile_names_cannot_inject_markup_or_script(tmp_path):
     assert f"evil.T{hostile}" in text.replace("\u2028", "").replace("\u2029", "") or \
         "evil.T</script><script>" in text  # shown as text
     assert "ValueError: </script>" in text and "fix </script>" in text and "&amp; &lt;" in text
+    largest = text_of(re.search(r'<section id="largest">(.*?)</section>', dom, re.S).group(1))
+    assert "[0]</script>" in largest and "100.0 KB" in largest  # its parts, as text
 
 
 def test_a_big_trace_gives_a_bounded_page(tmp_path):

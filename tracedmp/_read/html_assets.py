@@ -72,8 +72,12 @@ svg { display:block; width:100%; height:auto; }
 svg text { font-size:11px; fill:#5b6574; font-family:inherit; }
 svg .lbl { fill:#1d2430; font-size:12px; }
 .parts { margin:0; padding:0; list-style:none; }
-.parts li { display:flex; gap:8px; align-items:center; }
-.parts .pb { height:6px; background:#9db7e8; border-radius:3px; }
+.parts li { display:flex; gap:8px; align-items:baseline; }
+.parts .track { flex:none; width:62px; }
+.parts .pb { display:block; height:6px; background:#9db7e8; border-radius:3px; }
+.parts .num { white-space:nowrap; color:var(--muted); }
+td.brk { overflow-wrap:anywhere; min-width:150px; }
+td.brk.widecol { min-width:300px; }
 .hint { color:#1b5e20; }
 .err { color:var(--bad); }
 .two { display:grid; grid-template-columns:1fr 1fr; gap:14px; }
@@ -197,7 +201,8 @@ function table(parent, cols, rows, opts) {
       const tr = el("tr");
       if (opts.mark && opts.mark(r)) tr.className = "hl";
       for (const c of cols) {
-        const td = el("td", { class: (c.num ? "num " : "") + (c.mono ? "mono " : "") + (c.nw ? "nw" : "") });
+        const td = el("td", { class: (c.num ? "num " : "") + (c.mono ? "mono " : "") + (c.nw ? "nw " : "") +
+          (c.brk ? "brk " : "") + (c.widecol ? "widecol" : "") });
         const v = c.render ? c.render(r) : (c.fmt ? c.fmt(r[c.key], r) : str(r[c.key]));
         if (v instanceof Node) td.append(v); else td.textContent = v;
         tr.append(td);
@@ -521,7 +526,8 @@ function partsList(parts) {
   const max = Math.max(1, ...items.map(i => isNaN(i[1]) ? 0 : i[1]));
   const list = el("ul", { class: "parts" });
   items.slice(0, 6).forEach(([name, size]) => list.append(el("li", {},
-    el("span", { class: "pb", style: "width:" + (isNaN(size) ? 0 : Math.max(2, 60 * size / max)).toFixed(0) + "px" }),
+    el("span", { class: "track" }, el("span", { class: "pb",
+      style: "width:" + (isNaN(size) ? 0 : Math.max(2, 60 * size / max)).toFixed(0) + "px" })),
     el("span", { class: "mono", text: name }), el("span", { class: "num", text: isNaN(size) ? "" : fmtBytes(size) }))));
   if (items.length > 6) list.append(el("li", { class: "sub", text: "+" + (items.length - 6) + " more" }));
   return list;
@@ -534,15 +540,26 @@ table(largest, [
   { key: "size", label: "size", num: true, fmt: fmtBytes },
   { key: "count", label: "times", num: true, fmt: fmtInt },
   { key: "channel", label: "channel", mono: true },
-  { key: "type", label: "type", mono: true },
-  { key: "process", label: "process", nw: true, render: r => str(r.process) + " (" + str(r.pid) + ")" },
+  { key: "type", label: "type", mono: true, brk: true },
+  { key: "process", label: "process", render: r => str(r.process) + " (" + str(r.pid) + ")" },
   { key: "seq", label: "seq", num: true, fmt: v => v == null ? "" : String(v) },
   { key: "ts", label: "at", num: true, sortValue: r => r.ts == null ? -1 : r.ts,
     render: r => r.ts == null ? "" : fmtS(r.ts - T.t0) },
   { key: "duration_ns", label: "pickling", num: true, fmt: fmtNs },
-  { key: "callables", label: "names", mono: true, sortValue: r => (r.callables || []).length,
-    render: r => (r.callables || []).map(c => str(c.name) + (c.kind === "value" ? " (by value)" : "")).join(", ") },
-].concat(hasParts ? [{ key: "parts", label: "parts", sortValue: r => 0, render: r => partsList(r.parts) }] : []),
+].concat(hasParts ? [{ key: "parts", label: "parts (where the bytes are)", sortValue: r => 0, render: r => {
+  const list = partsList(r.parts);
+  return r.parts_partial && list instanceof Node
+    ? el("div", {}, list, el("span", { class: "sub", text: "sizes are upper bounds (read stopped early)" })) : list;
+} }] : []).concat([
+  { key: "callables", label: "names", mono: true, brk: true, widecol: true, sortValue: r => (r.callables || []).length,
+    render: r => {
+      const names = (r.callables || []).map(c => str(c.name) + (c.kind === "value" ? " (by value)" : ""));
+      const span = el("span", { text: names.slice(0, 3).join(", ") +
+        (names.length > 3 ? ", +" + (names.length - 3) + " more" : "") });
+      if (names.length > 3) span.title = names.join("\n");
+      return span;
+    } },
+]),
   D.largest, { sort: "size", keep: r => keepChannel(r.channel) && keepPid(r.pid) });
 
 // ---- by value

@@ -338,6 +338,8 @@ class Summary:
         parts = r.get("parts")
         if isinstance(parts, list):
             example["parts"] = [p for p in parts if isinstance(p, dict)][:5]
+            if r.get("parts_partial") is True:
+                example["parts_partial"] = True  # sizes are upper bounds
         self.largest[shape] = [size, 1, example]
         if len(self.largest) >= 8 * self.top:
             kept = heapq.nlargest(4 * self.top, self.largest.items(), key=lambda kv: kv[1][0])
