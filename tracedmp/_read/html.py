@@ -298,17 +298,16 @@ def report_data(trace: Union[str, Trace], *, top: int = 10) -> Dict[str, Any]:
 def _link(finding: Dict[str, Any]) -> Dict[str, Any]:
     """Where on the page the records behind a finding are."""
     kind = finding.get("kind")
-    if kind in ("large_args_per_task", "small_chunks", "joblib_large_args",
-                "joblib_small_batches", "joblib_array_copied"):
-        return {"section": "largest", "channel": finding.get("channel")}
     if kind == "function_by_value":
         return {"section": "value", "name": finding.get("name")}
     if kind == "pickle_errors":
         return {"section": "failures"}
-    if kind == "fork_only":
+    if kind in ("fork_only", "large_launch_data"):
         return {"section": "starts"}
     if kind == "pickling_time":
         return {"section": "chart"}
+    if isinstance(finding.get("channel"), str):  # the largest pickles of that channel
+        return {"section": "largest", "channel": finding["channel"]}
     return {"section": "headline"}
 
 
