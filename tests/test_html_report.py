@@ -285,3 +285,19 @@ def test_a_summary_trace_renders_from_its_aggregates(tmp_path):
     dom, requested = browse(out, tmp_path)
     assert 'data-ready="1"' in dom and requested == []
     assert "A summary-mode trace (2 summary records)" in text_of(dom)
+
+
+def test_a_real_summary_trace_adds_up_to_the_text_report(tmp_path):
+    (tmp_path / "prog.py").write_text(PROGRAM)
+    trace = tmp_path / "summary.jsonl"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACEDMP_")}
+    subprocess.run([sys.executable, "-m", "tracedmp", "run", "--summary", "--trace", str(trace),
+                    "prog.py"], cwd=tmp_path, env=env, check=True, timeout=120,
+                   capture_output=True)
+    data = report_data(str(trace))
+    timeline = data["timeline"]
+    assert timeline["summary_mode"] and timeline["summaries"] >= 3
+    # The chart and the lanes hold exactly the pickles and bytes the text report counts.
+    assert timeline["pickles"] == data["totals"]["count"] > 1000
+    assert sum(map(sum, timeline["lane_bytes"])) == data["totals"]["bytes"]
+    assert sum(map(sum, timeline["bytes"])) == data["totals"]["bytes"]
