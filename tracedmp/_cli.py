@@ -190,24 +190,16 @@ def _timeline(args: argparse.Namespace) -> int:
     from ._read.timeline import write_timeline
 
     out_path = args.output or (os.path.splitext(args.trace)[0] + ".timeline.json")
-    tmp = out_path + ".part"
     trace = read_trace(args.trace)
-    made = False
-    try:
-        out = _create(tmp)
-        made = True
-        with out:
-            count = write_timeline(trace, out)
+
+    def write(out: IO[str]) -> int:
+        count = write_timeline(trace, out)
         if count == 0:
             raise _no_records(args.trace, losses(trace)) if not trace.records else TracedmpError(
                 f"{args.trace}: no record with a time and a process id to place on a timeline")
-        os.replace(tmp, out_path)  # replaces a symbolic link there, never writes through it
-        made = False
-    except OSError as exc:
-        raise TracedmpError(f"cannot write {out_path}: {exc.strerror or exc}") from exc
-    finally:
-        if made:
-            os.unlink(tmp)
+        return count
+
+    count = _write_new(out_path, write)
     print(printable(f"wrote {count} events to {out_path}; open it at https://ui.perfetto.dev "
                     "or chrome://tracing"))
     _note_losses(args.trace, losses(trace))
@@ -319,24 +311,32 @@ def _report_html(args: argparse.Namespace) -> int:
     if data["records"] == 0:
         raise _no_records(args.trace, data["lost"])
     page = render_html(data)
-    tmp = args.html + ".part"
+    _write_new(args.html, lambda out: out.write(page))
+    print(printable(f"wrote {args.html} ({len(page.encode()) / 1000:.0f} KB): open it in a "
+                    "browser (it loads nothing from the network)"))
+    _note_losses(args.trace, data["lost"])
+    return 0
+
+
+def _write_new(path: str, write: Callable[[IO[str]], Any]) -> Any:
+    """``write(out)`` into a new file of ours beside ``path``, then put it in place: a reader of
+    ``path`` never sees half a file, and a symbolic link there is replaced, never written
+    through.  What ``write`` returns is returned; nothing is left behind if it raises."""
+    tmp = path + ".part"
     made = False
     try:
         out = _create(tmp)
         made = True
         with out:
-            out.write(page)
-        os.replace(tmp, args.html)  # replaces a symbolic link there, never writes through it
+            result = write(out)
+        os.replace(tmp, path)
         made = False
     except OSError as exc:
-        raise TracedmpError(f"cannot write {args.html}: {exc.strerror or exc}") from exc
+        raise TracedmpError(f"cannot write {path}: {exc.strerror or exc}") from exc
     finally:
         if made:
             os.unlink(tmp)
-    print(printable(f"wrote {args.html} ({len(page.encode()) / 1000:.0f} KB): open it in a "
-                    "browser (it loads nothing from the network)"))
-    _note_losses(args.trace, data["lost"])
-    return 0
+    return result
 
 
 def _create(path: str) -> IO[str]:
