@@ -300,6 +300,9 @@ def test_process_interrupt(run_program, method):
 import queue, signal
 
 def wait(q):
+    # As an interactive program would have it: a test run in the background (nohup, a CI job)
+    # starts every process with SIGINT ignored, and then no KeyboardInterrupt ever comes.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         q.put("ready")
         for _ in range(600):
