@@ -350,7 +350,9 @@ def test_xdist_workers_capture_their_own_tests(pytester, short_tmpdir):
         @pytest.mark.parametrize("n", [10, 20, 30, 40])
         @pytest.mark.pickle_budget(per_message="25 KB", channel="pool.task")
         def test_sizes(n):
-            with multiprocessing.get_context("fork").Pool(1) as pool:
+            # Not fork: an xdist worker runs threads, and forking it is a DeprecationWarning
+            # (an error here) on Python 3.15.
+            with multiprocessing.get_context("forkserver").Pool(1) as pool:
                 pool.map(len, [b"x" * (n * 1000)])
     ''')
     result = _run(pytester, "-n", "2", "--tracedmp=traces")
