@@ -9,7 +9,6 @@ PYTEST_DONT_REWRITE: tracedmp ships a pytest plugin, so pytest marks this packag
 rewriting and would warn (an error under ``-W error``) where it was imported before pytest.
 """
 
-import importlib as _importlib
 import sys as _sys
 
 TYPE_CHECKING = False  # what a spawned child imports must be light: it pays at every start
@@ -168,7 +167,9 @@ def __getattr__(name: str) -> "Any":
         child = _sys.modules.get(f"{__name__}._runtime.child")
         if child is not None:  # a spawned child's tracing starts before its API is used
             child.start_pending()
-        value = getattr(_importlib.import_module(f"{__name__}.{module}"), name)
+        import importlib  # not at the top: 3.11's imports warnings, in every command's start
+
+        value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
         globals()[name] = value
         return value
     # Whatever else multiprocessing has (SUBDEBUG, a newer Python's additions, submodules such
@@ -187,7 +188,9 @@ def __getattr__(name: str) -> "Any":
         value = getattr(_mp, name)
     except AttributeError:
         try:
-            value = _importlib.import_module(f"multiprocessing.{name}")
+            import importlib
+
+            value = importlib.import_module(f"multiprocessing.{name}")
         except ModuleNotFoundError:
             raise AttributeError(f"module 'tracedmp' has no attribute {name!r}") from None
     from ._api import _activate_implicitly

@@ -10,7 +10,6 @@ from ._errors import TracedmpError
 TYPE_CHECKING = False  # typing costs every command milliseconds to import
 if TYPE_CHECKING:
     import argparse
-    from types import SimpleNamespace
     from typing import IO, Any, Callable, List, Optional
 
 __all__ = ["main"]
@@ -18,6 +17,11 @@ __all__ = ["main"]
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv == ["--version"]:  # as argparse's version action prints it, without building it
+        from ._version import __version__
+
+        print(f"tracedmp {__version__}")
+        return 0
     program: List[str] = []
     if argv[:1] == ["run"]:
         # Everything from the script (or -m MODULE) on is the program's own command line, even
@@ -55,7 +59,24 @@ def _call(func: Callable[[Any], int], args: Any) -> int:
 _BENCH_HELP = "measure what pickling a payload costs, alone and in Pool.map"
 
 
-def _quick_run_args(options: List[str], program: List[str]) -> Optional[SimpleNamespace]:
+class _RunArgs:
+    """run's arguments read without argparse (the attributes argparse's Namespace would have);
+    not types.SimpleNamespace: the types module is one more import before the program starts."""
+
+    command: str
+    trace: Optional[str]
+    pickler: Optional[str]
+    module: Optional[str]
+    program: List[str]
+    unpickle: bool
+    summary: bool
+    check_spawn: bool
+
+    def __init__(self, **values: Any) -> None:
+        self.__dict__.update(values)
+
+
+def _quick_run_args(options: List[str], program: List[str]) -> Optional[_RunArgs]:
     """``run``'s arguments when they are plainly spelt, without argparse.
 
     Importing argparse and building the parser costs `tracedmp run` milliseconds before the
@@ -63,9 +84,7 @@ def _quick_run_args(options: List[str], program: List[str]) -> Optional[SimpleNa
     (an abbreviation, ``--opt=value``, a bad choice, ``--help``, nothing to run) goes through
     argparse, which says what is wrong exactly as before.
     """
-    from types import SimpleNamespace
-
-    args = SimpleNamespace(command="run", trace=None, pickler=None, module=None,
+    args = _RunArgs(command="run", trace=None, pickler=None, module=None,
                            program=program, **{s[2:].replace("-", "_"): False for s in _SWITCHES})
     i = 0
     while i < len(options):
@@ -264,7 +283,10 @@ def _looks_like_a_file(target: str) -> bool:
     return target.strip().lower().endswith(_FILE_SUFFIXES)
 
 
-_RUN_FLAGS_WITH_VALUE = {"--trace", "--pickler"}
+# run's long options (argparse also takes any unambiguous abbreviation of one), and which take
+# a value: `--pick pickle app.py` runs app.py, not a script named pickle.
+_RUN_LONG_OPTIONS = ("--trace", "--pickler", "--unpickle", "--summary", "--check-spawn", "--help")
+_RUN_OPTIONS_WITH_VALUE = ("--trace", "--pickler")
 
 
 def _split_run(argv: List[str]) -> "tuple[List[str], List[str]]":
@@ -274,12 +296,25 @@ def _split_run(argv: List[str]) -> "tuple[List[str], List[str]]":
         arg = argv[i]
         if arg == "-m":
             return argv[:i + 2], argv[i + 2:]
+        if arg.startswith("-m") and not arg.startswith("--"):  # -mMODULE, as argparse reads it
+            return argv[:i + 1], argv[i + 1:]
         if arg == "--":
             return argv[:i], argv[i + 1:]
         if not arg.startswith("-"):
             return argv[:i], argv[i:]
-        i += 2 if arg in _RUN_FLAGS_WITH_VALUE else 1
+        i += 2 if _takes_value(arg) else 1
     return argv, []
+
+
+def _takes_value(arg: str) -> bool:
+    """Whether ``arg`` is run's --trace or --pickler, spelt in full or abbreviated, without
+    ``=VALUE`` (then its value is the next argument)."""
+    if not arg.startswith("--") or "=" in arg:
+        return False
+    if arg in _RUN_LONG_OPTIONS:
+        return arg in _RUN_OPTIONS_WITH_VALUE
+    matches = [o for o in _RUN_LONG_OPTIONS if o.startswith(arg)]
+    return len(matches) == 1 and matches[0] in _RUN_OPTIONS_WITH_VALUE
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -372,7 +407,7 @@ def _note_losses(path: str, lost: dict) -> None:
                         "`tracedmp report`)"), file=sys.stderr)
 
 
-def _run(args: argparse.Namespace | SimpleNamespace) -> int:
+def _run(args: argparse.Namespace | _RunArgs) -> int:
     from ._runtime import config as _config
     from ._runtime.sink import TraceFile
 
@@ -407,9 +442,7 @@ def _run(args: argparse.Namespace | SimpleNamespace) -> int:
         env[_config.ENV_CHECK_SPAWN] = "1"
     if announce:
         print(f"tracedmp: tracing to {trace}", file=sys.stderr)
-    import subprocess
-
-    flags = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
+    flags = _interpreter_flags()
     if args.module is not None:
         argv = [sys.executable, *flags, "-m", args.module, *args.program]
     else:
@@ -418,6 +451,49 @@ def _run(args: argparse.Namespace | SimpleNamespace) -> int:
     sys.stderr.flush()
     os.execve(sys.executable, argv, env)
     return 0  # not reached
+
+
+def _interpreter_flags() -> List[str]:
+    """The options that give the program this interpreter's settings (sys.flags, -W, -X).
+
+    subprocess._args_from_interpreter_flags without importing subprocess (~5 ms of the time
+    before the program starts), and passing every -X option as 3.14's does (3.9-3.13's pass six
+    or seven and drop the rest, such as -X int_max_str_digits or -X warn_default_encoding).
+    tests/test_cli_flags.py compares the two, and what the program gets, flag by flag.
+    """
+    flags = sys.flags
+    args = ["-" + "O" * flags.optimize] if flags.optimize > 0 else []
+    for name, opt in (("debug", "d"), ("dont_write_bytecode", "B"), ("no_site", "S"),
+                      ("verbose", "v"), ("bytes_warning", "b"), ("quiet", "q")):
+        value = getattr(flags, name)
+        if value > 0:
+            args.append("-" + opt * value)
+    if flags.isolated:
+        args.append("-I")
+    else:
+        if flags.ignore_environment:
+            args.append("-E")
+        if flags.no_user_site:
+            args.append("-s")
+        if getattr(flags, "safe_path", False):  # 3.11+
+            args.append("-P")
+    warnopts = list(sys.warnoptions)
+    # The interpreter adds these to sys.warnoptions for -b, -bb and -X dev: given by the flags.
+    if flags.bytes_warning > 1 and "error::BytesWarning" in warnopts:
+        warnopts.remove("error::BytesWarning")
+    elif flags.bytes_warning == 1 and "default::BytesWarning" in warnopts:
+        warnopts.remove("default::BytesWarning")
+    if flags.dev_mode and "default" in warnopts:
+        warnopts.remove("default")
+    args += ["-W" + opt for opt in warnopts]
+    if flags.dev_mode:
+        args += ["-X", "dev"]
+    xoptions = getattr(sys, "_xoptions", {})
+    for opt in sorted(xoptions):
+        if opt != "dev":
+            value = xoptions[opt]
+            args += ["-X", opt if value is True else f"{opt}={value}"]
+    return args
 
 
 def _check_startup_hook() -> None:

@@ -25,7 +25,7 @@ import errno
 import os
 import stat
 import sys
-import threading
+from _thread import allocate_lock  # threading's Lock; threading itself costs `tracedmp run`
 
 from .._errors import TraceFileError
 
@@ -75,7 +75,7 @@ class TraceFile:
         self._rfd = -1  # O_RDWR, this process's own file offset: where its reservation ended
         self._ident: Tuple[int, int] = (0, 0)  # (st_dev, st_ino) of the file _fd was opened on
         self._chunk = self.CHUNK_MIN
-        self._lock = threading.Lock()  # only ever tried, never waited on
+        self._lock = allocate_lock()  # only ever tried, never waited on
         # write(line): bound to the mode, so a write costs one call, not two.
         self.write = self._map_write if mapped else self._write
 
@@ -164,7 +164,7 @@ class TraceFile:
     def after_fork_in_child(self) -> None:
         # The region is the parent's; a child writes through the shared descriptor.  The lock
         # may have been held by a parent thread at the fork.
-        self._lock = threading.Lock()
+        self._lock = allocate_lock()
         self._stop_mapping()
 
     def _write(self, line: bytes) -> None:
