@@ -1,6 +1,7 @@
 """What ``tracedmp run`` adds to a program's start, measured as whole processes.
 
     python benchmarks/start_cost.py [--repeat 15] [--only hello,pool_fork] [--json out.json]
+                                    [--command PATH]
 
 Each program runs as ``python PROG`` (plain) and as ``tracedmp run PROG`` (traced), and the
 commands ``tracedmp --version`` and ``tracedmp report`` run against ``python -c pass``.  Every
@@ -74,12 +75,16 @@ def main() -> int:
     parser.add_argument("--only", default="", help="comma-separated names: "
                         + ",".join([*PROGRAMS, *COMMANDS]))
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--command", metavar="PATH",
+                        help="the tracedmp command to measure (default: the one beside this "
+                        "Python); with PYTHONPATH, an older checkout's, through the wrapper it "
+                        "was installed with")
     args = parser.parse_args()
     names = [n for n in (args.only.split(",") if args.only else [*PROGRAMS, *COMMANDS]) if n]
     for n in names:
         if n not in PROGRAMS and n not in COMMANDS:
             parser.error(f"unknown name {n!r}; choose from {', '.join([*PROGRAMS, *COMMANDS])}")
-    tracedmp = tracedmp_command()
+    tracedmp = [os.path.abspath(args.command)] if args.command else tracedmp_command()
     # PYTHONDONTWRITEBYTECODE would compile tracedmp's modules at every start (~10 ms): an
     # installed tracedmp has its .pyc files, as the stdlib does.
     env = {k: v for k, v in os.environ.items()

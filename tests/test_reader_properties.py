@@ -189,3 +189,68 @@ def test_explain_any_opcodes_end_in_a_tree_or_an_error(ops):
     render_tree(node, depth=100)
     assert node.size <= len(data)
     assert time.perf_counter() - start < 30  # never exponential (a loaded machine: generous)
+
+
+# Lines orjson and json read differently: NaN, lone surrogates, deep nesting, UTF-16, a cut
+# line, raw bytes.  Not integers beyond 64 bits (never written by tracedmp): orjson 3.9 refuses
+# them (then json reads them as int), 3.13 reads them as float.
+odd_lines = st.sampled_from([
+    b'{"v": 1, "event": "pickle", "pid": 7, "seq": 0, "size": NaN}',
+    b'{"v": 1, "event": "pickle", "pid": 7, "seq": 2, "type": "\\ud800"}',
+    b'{"v": 1, "event": "pickle", "pid": 7, "seq": 3, "x": ' + b"[" * 3000 + b"]" * 3000 + b"}",
+    '{"v": 1, "event": "pickle", "pid": 7, "seq": 4}'.encode("utf-16"),
+    b'{"v": 1, "event": "pickle", "pid": 7, "se', b"\xff\xfe\x00garbage", b"", b"  ",
+    b'{"v": 1, "event": "pickle", "pid": 7, "seq": 5, "size": 1e400}',
+])
+
+
+def _beyond_64_bits(value):
+    if isinstance(value, int) and not isinstance(value, bool):
+        return not -2**63 <= value < 2**64
+    if isinstance(value, dict):
+        return any(_beyond_64_bits(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_beyond_64_bits(v) for v in value)
+    return False
+
+
+@FEWER
+@given(st.lists(st.one_of(records.filter(lambda r: not _beyond_64_bits(r))
+                          .map(lambda r: json.dumps(r).encode()), odd_lines),
+                min_size=1, max_size=12))
+def test_small_and_large_traces_read_alike(tmp_path, lines):
+    """Below reader.FAST_FROM bytes the stdlib's json reads a trace, from there orjson: the
+    same records, the same losses, whichever reads it."""
+    from tracedmp._read import reader
+
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(b"".join(line + b"\n" for line in lines))
+
+    def read(loads):
+        trace = read_trace(path)
+        saved = reader._loads_for, reader._fast_loads
+        reader._loads_for, reader._fast_loads = (lambda size: loads), loads
+        try:
+            try:
+                found = list(trace.dicts())
+            except TraceFormatError as exc:
+                return str(exc)
+        finally:
+            reader._loads_for, reader._fast_loads = saved
+        return (repr(found), trace.records, trace.lines, trace.truncated_line,
+                trace.skipped_count, trace.cut_count, trace.skipped, trace.missing)
+
+    import orjson
+
+    assert read(reader._std_loads) == read(orjson.loads)
+
+
+def test_which_loads_reads_a_trace(tmp_path, monkeypatch):
+    from tracedmp._read import reader
+
+    monkeypatch.setattr(reader, "_fast_loads", reader._std_loads)
+    assert reader._loads_for(reader.FAST_FROM - 1) is reader._std_loads
+    import orjson
+
+    assert reader._loads_for(reader.FAST_FROM) is orjson.loads
+    assert reader._loads_for(10) is orjson.loads  # once imported, for every trace

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import sys
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 from .attribution import Parts, is_library, user_first
@@ -133,6 +134,8 @@ class Summary:
         self.errors: Dict[tuple, Dict[str, Any]] = {}
         self.starts: Dict[tuple, Dict[str, Any]] = {}
         self.spawn_problems: List[Dict[str, Any]] = []
+        # The names cache's key maker: orjson's dumps where the reader imported orjson.
+        self._dumps: Any = _UNSET
         self.unpickles = _Group()
         self._smallest_kept = 0
         self.libraries = _Libraries()  # joblib and loky, and the engines not traced
@@ -275,9 +278,12 @@ class Summary:
 
     def _names_of(self, callables: Any) -> tuple:
         """``callables`` as a tuple of (name, kind), the same list once converted."""
-        if _dumps is not None:
+        dumps = self._dumps
+        if dumps is _UNSET:  # orjson's, if the reader imported it (a large trace): else none
+            dumps = self._dumps = getattr(sys.modules.get("orjson"), "dumps", None)
+        if dumps is not None:
             try:
-                raw = _dumps(callables)
+                raw = dumps(callables)
             except Exception:
                 raw = None
             if raw is not None:
@@ -618,11 +624,7 @@ def _names(callables: Any) -> tuple:
                   if isinstance(c, dict) else ("?", "?") for c in callables])
 
 
-_dumps: Any
-try:
-    from orjson import dumps as _dumps
-except ImportError:  # pragma: no cover - orjson is a dependency
-    _dumps = None
+_UNSET: Any = object()
 
 
 _MACHINERY = ("multiprocessing.", "concurrent.futures.", "cloudpickle.", "copyreg.", "builtins.")
