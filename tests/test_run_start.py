@@ -211,3 +211,29 @@ def test_the_command_is_tracedmps_own_script_not_an_entry_point_wrapper():
         text = f.read()
     assert text.startswith("#!") and "from tracedmp._cli import main" in text
     assert "import re" not in text
+
+
+def test_report_parsed_without_argparse_gets_what_argparse_would():
+    cases = [["t.jsonl"], ["t.jsonl", "--json"], ["--top", "3", "t.jsonl", "--pid", "42"],
+             ["--channel", "pool.task", "--html", "out.html", "t.jsonl"], ["--top", "010", "x"]]
+    for options in cases:
+        quick = _cli._quick_report_args(options)
+        full = _cli._parser(bench=False).parse_args(["report", *options])
+        assert quick is not None, options
+        del full.func
+        assert vars(full) == vars(quick), options
+    for odd in ([], ["--top", "0", "t"], ["--top=3", "t"], ["--pid", "-1", "t"], ["--js", "t"],
+                ["a", "b"], ["--top"], ["--top", "²", "t"], ["--help"], ["-"], ["--top", "x", "t"]):
+        assert _cli._quick_report_args(odd) is None, odd
+
+
+def test_report_of_a_small_trace_imports_neither_argparse_nor_orjson(tmp_path):
+    trace = tmp_path / "t.jsonl"
+    trace.write_text('{"v": 1, "event": "pickle", "pid": 1, "seq": 0, "size": 5}\n')
+    proc = subprocess.run([sys.executable, "-c", _STAGE_ONE, _installed_command(), "report",
+                           str(trace)], capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path, env=_clean_env())
+    assert proc.returncode == 0, proc.stderr
+    loaded = set(ast.literal_eval(proc.stdout.splitlines()[-1]))
+    assert "tracedmp._read.report" in loaded
+    assert not {"argparse", "orjson"} & loaded, sorted(loaded)

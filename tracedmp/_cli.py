@@ -30,6 +30,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         quick = _quick_run_args(argv[1:], program)
         if quick is not None:
             return _call(_run, quick)
+    if argv[:1] == ["report"]:
+        quick = _quick_report_args(argv[1:])
+        if quick is not None:
+            return _call(_report, quick)
     # Only `tracedmp bench` builds bench's options: they import multiprocessing, statistics and
     # the rest, which every other command (`run` above all, before the program starts) would pay.
     command = next((a for a in argv if not a.startswith("-")), None)
@@ -60,11 +64,17 @@ _BENCH_HELP = "measure what pickling a payload costs, alone and in Pool.map"
 
 
 class _RunArgs:
-    """run's arguments read without argparse (the attributes argparse's Namespace would have);
-    not types.SimpleNamespace: the types module is one more import before the program starts."""
+    """run's or report's arguments read without argparse (the attributes argparse's Namespace
+    would have); not types.SimpleNamespace: the types module is one more import before the
+    program starts."""
 
     command: str
-    trace: Optional[str]
+    trace: Any  # run's: a path or None; report's: a path
+    json: bool
+    top: int
+    channel: Optional[str]
+    pid: Optional[int]
+    html: Any
     pickler: Optional[str]
     module: Optional[str]
     program: List[str]
@@ -103,6 +113,40 @@ def _quick_run_args(options: List[str], program: List[str]) -> Optional[_RunArgs
     if args.module is None and not program:
         return None
     return args
+
+
+def _quick_report_args(options: List[str]) -> Optional[_RunArgs]:
+    """``report``'s arguments when they are plainly spelt, without argparse (on 3.14 it imports
+    dataclasses, inspect and annotationlib: more than the report of a small trace costs);
+    anything else (an abbreviation, ``--opt=value``, a number argparse would refuse, ``--help``)
+    goes through argparse."""
+    args = _RunArgs(command="report", trace=None, json=False, top=10, channel=None, pid=None,
+                    html=None)
+    i = 0
+    while i < len(options):
+        opt = options[i]
+        if opt == "--json":
+            args.json = True
+            i += 1
+            continue
+        if opt in ("--top", "--channel", "--pid", "--html"):
+            if i + 1 >= len(options) or options[i + 1].startswith("-"):
+                return None
+            value = options[i + 1]
+            if opt in ("--top", "--pid"):
+                if not (value.isascii() and value.isdigit()) or (opt == "--top" and
+                                                                 int(value) < 1):
+                    return None
+                setattr(args, opt[2:], int(value))
+            else:
+                setattr(args, opt[2:], value)
+            i += 2
+            continue
+        if opt.startswith("-") or args.trace is not None:
+            return None
+        args.trace = opt
+        i += 1
+    return args if args.trace is not None else None
 
 
 _PICKLERS = ("pickle", "cloudpickle")
@@ -317,7 +361,7 @@ def _takes_value(arg: str) -> bool:
     return len(matches) == 1 and matches[0] in _RUN_OPTIONS_WITH_VALUE
 
 
-def _report(args: argparse.Namespace) -> int:
+def _report(args: argparse.Namespace | _RunArgs) -> int:
     from ._read.report import render_text, summarize_file
 
     if args.html:
@@ -335,7 +379,7 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report_html(args: argparse.Namespace) -> int:
+def _report_html(args: argparse.Namespace | _RunArgs) -> int:
     from ._read.html import render_html, report_data
     from ._read.reader import printable, read_trace
 
