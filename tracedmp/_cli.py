@@ -94,8 +94,8 @@ def _quick_run_args(options: List[str], program: List[str]) -> Optional[_RunArgs
     (an abbreviation, ``--opt=value``, a bad choice, ``--help``, nothing to run) goes through
     argparse, which says what is wrong exactly as before.
     """
-    args = _RunArgs(command="run", trace=None, pickler=None, module=None,
-                           program=program, **{s[2:].replace("-", "_"): False for s in _SWITCHES})
+    args = _RunArgs(command="run", trace=None, pickler=None, module=None, program=program,
+                    **{s[2:].replace("-", "_"): False for s in _SWITCHES})
     i = 0
     while i < len(options):
         opt = options[i]
@@ -503,7 +503,7 @@ def _interpreter_flags() -> List[str]:
     subprocess._args_from_interpreter_flags without importing subprocess (~5 ms of the time
     before the program starts), and passing every -X option as 3.14's does (3.9-3.13's pass six
     or seven and drop the rest, such as -X int_max_str_digits or -X warn_default_encoding).
-    tests/test_cli_flags.py compares the two, and what the program gets, flag by flag.
+    tests/test_run_start.py compares the two, and what the program gets, flag by flag.
     """
     flags = sys.flags
     args = ["-" + "O" * flags.optimize] if flags.optimize > 0 else []
