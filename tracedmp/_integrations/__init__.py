@@ -13,8 +13,10 @@ integration whose patches live in several modules, like loky's pickler and its P
   ``joblib.externals.loky``, and the loky package).
 - ``joblib``: joblib's own Pool pickler (``backend="multiprocessing"``) and one ``parallel``
   record per ``Parallel`` call naming its backend.
-- ``engines``: process-parallel engines whose traffic tracedmp does not see (Dask distributed,
-  Ray, ...): one ``untraced`` record when one is imported.
+- ``dask``: Dask distributed's protocol (``distributed.protocol``): every object it pickles to
+  send, in the client, the scheduler and each worker.
+- ``engines``: process-parallel engines whose traffic tracedmp does not see (Ray, pathos, ...):
+  one ``untraced`` record when one is imported.
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ INTEGRATIONS: Dict[str, str] = {
     "loky.backend.process": "loky",
     "joblib.pool": "joblib",
     "joblib.parallel": "joblib",
+    "distributed": "dask",  # once the package is imported: its protocol, client, worker
     # engines.ENGINES: imported, they say that their traffic is not in the trace
-    "distributed": "engines",
     "ray": "engines",
     "multiprocess": "engines",
     "mpi4py": "engines",

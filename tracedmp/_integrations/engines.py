@@ -3,7 +3,8 @@
 These send their tasks over their own sockets with their own serialization, so a trace of a
 program that uses one shows none of that traffic, and ``report`` must not then say "no known
 problems".  When the program imports one (or had, when tracing started), that process writes
-one ``untraced`` record naming it.  Nothing is patched.
+one ``untraced`` record naming it.  Nothing is patched.  Dask distributed is traced (``dask``):
+it says it is not only when its protocol is not one ``dask`` knows.
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ TYPE_CHECKING = False  # typing costs milliseconds to import, in every spawned c
 if TYPE_CHECKING:
     from typing import Any, Dict, Set
 
-__all__ = ["ENGINES", "install", "uninstall"]
+__all__ = ["ENGINES", "install", "record", "uninstall"]
 
 # module imported -> the engine, as its users know it (each one is in INTEGRATIONS too)
 ENGINES: Dict[str, str] = {
-    "distributed": "dask.distributed",
     "ray": "ray",
     "multiprocess": "multiprocess (pathos)",
     "mpi4py": "mpi4py",
@@ -33,12 +33,18 @@ _written: Set[str] = set()  # engines this tracer's trace names already
 
 def install(tracer: Any) -> None:
     for module, engine in ENGINES.items():
-        if module in sys.modules and module not in _written:
-            _written.add(module)
-            rec = _tracer.base_record("untraced", None)
-            rec["engine"] = engine
-            rec["module"] = module
-            tracer.emit(rec)
+        if module in sys.modules:
+            record(tracer, module, engine)
+
+
+def record(tracer: Any, module: str, engine: str) -> None:
+    """One ``untraced`` record for ``engine`` (imported as ``module``) in this trace."""
+    if module not in _written:
+        _written.add(module)
+        rec = _tracer.base_record("untraced", None)
+        rec["engine"] = engine
+        rec["module"] = module
+        tracer.emit(rec)
 
 
 def uninstall() -> None:
