@@ -1,0 +1,309 @@
+"""Dask distributed: what Dask pickles to send is in the trace, counted against its protocol.
+
+A real ``LocalCluster(processes=True, n_workers=2)`` on 127.0.0.1: the client, the scheduler it
+runs in-process and two nanny-spawned workers.  Ground truth: ``counting.py`` (imported by the
+program, so in every process: the workers import the program as ``__mp_main__``) wraps
+``distributed.protocol``'s ``pickle.dumps`` and ``serialize`` where Dask calls them and appends,
+for each outermost call in a thread (one object: a ``serialize`` pickles inside), the bytes it
+produced (the pickle stream and its out-of-band buffers, or a serializer's frames) to
+``counts.txt``; the trace must hold the same objects, process by process, count and bytes.
+
+Every run is bounded: the program has its own timeouts, runs in its own session, and is killed
+with its whole process group if it overruns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytest.importorskip("distributed")
+pytest.importorskip("numpy")
+
+from tracedmp._read.report import render_text, summarize  # noqa: E402
+
+COUNTING = '''
+import os
+import threading
+
+_local = threading.local()
+
+
+def _nbytes(frame):
+    return len(frame) if type(frame) is bytes else memoryview(frame).nbytes
+
+
+def _write(size):
+    fd = os.open(os.environ["COUNTS"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    os.write(fd, b"%d %d\\n" % (os.getpid(), size))
+    os.close(fd)
+
+
+def _counting_dumps(original):
+    def dumps(x, *args, **kwargs):
+        if getattr(_local, "depth", 0):
+            return original(x, *args, **kwargs)
+        buffers = []
+        callback = kwargs.get("buffer_callback")
+        if callback is not None:
+            def count(b):
+                with memoryview(b) as view:
+                    buffers.append(view.nbytes)
+                return callback(b)
+            kwargs["buffer_callback"] = count
+        _local.depth = 1
+        try:
+            result = original(x, *args, **kwargs)
+        finally:
+            _local.depth = 0
+        _write(len(result) + sum(buffers))
+        return result
+    dumps._counting = True
+    return dumps
+
+
+def _counting_serialize(original, serialized):
+    def serialize(x, *args, **kwargs):
+        if getattr(_local, "depth", 0) or type(x) is serialized:
+            return original(x, *args, **kwargs)
+        _local.depth = 1
+        try:
+            header, frames = result = original(x, *args, **kwargs)
+        finally:
+            _local.depth = 0
+        if header.get("serializer") != "error":
+            _write(sum(map(_nbytes, frames)))
+        return result
+    serialize._counting = True
+    return serialize
+
+
+def install():
+    import sys
+    import distributed
+    from distributed.protocol import pickle
+    serialize = sys.modules["distributed.protocol.serialize"]
+    if getattr(pickle.dumps, "_counting", False):
+        return
+    dumps = _counting_dumps(pickle.dumps)
+    for module in (pickle, sys.modules["distributed.client"],
+                   sys.modules["distributed.scheduler"]):
+        module.dumps = dumps
+    ser = _counting_serialize(serialize.serialize, serialize.Serialized)
+    for module in (serialize, sys.modules["distributed.protocol"],
+                   sys.modules["distributed.client"]):
+        module.serialize = ser
+'''
+
+PROGRAM = '''
+import json, os, sys, threading
+import counting
+counting.install()
+import numpy as np
+from distributed import Client, LocalCluster
+
+
+def square(x):
+    return x * x
+
+
+def main():
+    offset = 3
+
+    def shifted(x):  # a closure: cloudpickle sends it, by value, with every task
+        return x + offset
+
+    out = {}
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None, worker_dashboard_address=None) as cluster, \\
+            Client(cluster, timeout=30) as client:
+        futures = client.map(square, range(100))
+        more = client.map(shifted, range(10))
+        # sum runs on one worker: the squares on the other are transferred to it
+        out["total"] = client.submit(sum, futures).result(timeout=60)
+        out["shifted"] = client.gather(more)
+        big = np.arange(800_000, dtype=np.float64)  # 6.4 MB
+        [scattered] = client.scatter([big])
+        out["sum"] = float(client.submit(np.sum, scattered).result(timeout=60))
+        try:
+            client.submit(square, threading.Lock(), key="bad").result(timeout=30)
+        except Exception as exc:
+            out["error"] = [type(exc).__name__, str(exc)]
+        out["workers"] = sorted(client.scheduler_info()["workers"])
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+_RUNS: dict = {}
+
+
+def _run(tmp_path, code, how, timeout=120):
+    """Run ``code`` (with counting.py beside it) plain, or traced by ``tracedmp run``; kill its
+    whole session if it overruns."""
+    (tmp_path / "counting.py").write_text(COUNTING)
+    script = tmp_path / "prog.py"
+    script.write_text(textwrap.dedent(code))
+    counts, trace = tmp_path / "counts.txt", tmp_path / "trace.jsonl"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACEDMP_")}
+    env.update(PYTHONPATH=str(tmp_path), COUNTS=str(counts), PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, str(script)]
+    if how == "traced":
+        cmd = [sys.executable, "-m", "tracedmp", "run", "--trace", str(trace), str(script)]
+    proc = subprocess.Popen(cmd, env=env, cwd=str(tmp_path), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        raise AssertionError(f"timed out; stderr: {stderr[-3000:]}") from None
+    finally:
+        try:  # anything of the run still alive (a worker the cluster left behind): gone
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert proc.returncode == 0, stderr[-3000:]
+    line = [x for x in stdout.splitlines() if x.startswith("{")][-1]
+    records = []
+    if how == "traced":
+        records = [json.loads(x) for x in trace.read_text().splitlines() if x.strip()]
+    sizes = [tuple(map(int, x.split())) for x in counts.read_text().splitlines()]
+    return json.loads(line), records, sizes
+
+
+@pytest.fixture(scope="module")
+def cluster_runs(tmp_path_factory):
+    """The program traced and plain (each ~5 s), shared by the tests below."""
+    if not _RUNS:
+        _RUNS["traced"] = _run(tmp_path_factory.mktemp("traced"), PROGRAM, "traced")
+        _RUNS["plain"] = _run(tmp_path_factory.mktemp("plain"), PROGRAM, "plain")
+    return _RUNS
+
+
+def _dask(records, event="pickle"):
+    return [r for r in records if r["event"] == event and r.get("channel", "").startswith("dask.")]
+
+
+@pytest.mark.timeout(300)
+def test_every_object_dask_serializes_is_traced(cluster_runs):
+    out, records, sizes = cluster_runs["traced"]
+    plain_out, _, _ = cluster_runs["plain"]
+    assert out["total"] == sum(x * x for x in range(100)) == plain_out["total"]
+    assert out["shifted"] == list(range(3, 13)) and out["sum"] == plain_out["sum"]
+    truth: dict = {}
+    for pid, size in sizes:
+        n, total = truth.get(pid, (0, 0))
+        truth[pid] = (n + 1, total + size)
+    traced: dict = {}
+    for r in _dask(records):
+        n, total = traced.get(r["pid"], (0, 0))
+        traced[r["pid"]] = (n + 1, total + r["size"])
+    assert traced == truth
+    assert len(truth) == 3  # the client (with the scheduler) and both workers
+
+
+@pytest.mark.timeout(300)
+def test_channels_keys_and_by_value_functions(cluster_runs):
+    out, records, _ = cluster_runs["traced"]
+    recs = _dask(records)
+    by_channel: dict = {}
+    for r in recs:
+        by_channel.setdefault(r["channel"], []).append(r)
+    tasks = by_channel["dask.task"]
+    # 100 squares, 10 shifted, sum, np.sum: one run_spec each, from the scheduler
+    assert len(tasks) == 112
+    assert {r["dask_role"] for r in tasks} == {"scheduler"}
+    assert {r["dask_op"] for r in tasks} == {"compute-task"}
+    squares = [r for r in tasks if r["dask_prefix"] == "square"]
+    assert len(squares) == 100 and len({r["dask_key"] for r in squares}) == 100
+    for r in squares:  # __main__.square: found in the pickle, so cloudpickled, by value
+        assert r["pickler"] == "cloudpickle"
+        assert {"name": "__main__.square", "kind": "value"} in r["callables"]
+        assert not [c for c in r["callables"] if c["name"].startswith(("dask.", "distributed."))]
+    closures = [r for r in tasks if r["dask_prefix"] == "shifted"]
+    assert len(closures) == 10
+    assert all({"name": "__main__.main.<locals>.shifted", "kind": "value"} in r["callables"]
+               for r in closures)
+    graphs = [r for r in by_channel["dask.graph"] if r.get("dask_field") == "expr_ser"]
+    assert len(graphs) == 4 and {r["dask_role"] for r in graphs} == {"client"}
+    # the squares' results move to the worker summing them, the rest come back to the client
+    transfers = by_channel["dask.transfer"]
+    assert "square" in {r["dask_prefix"] for r in transfers}
+    assert {r["dask_prefix"] for r in transfers} <= {"square", "ndarray"}
+    assert set(r["dask_address"] for r in transfers) <= set(out["workers"])
+    results = by_channel["dask.result"]
+    assert sorted(r["dask_prefix"] for r in results) == ["shifted"] * 10 + ["sum"] * 2
+    assert {r["dask_role"] for r in results} == {"worker"}
+    [scatter] = by_channel["dask.scatter"]
+    assert scatter["type"] == "numpy.ndarray" and scatter["pickler"] == "dask"
+    assert scatter["size"] >= 6_400_000 and scatter["buffers"] == 1
+    assert scatter["buffer_bytes"] == 6_400_000 and scatter["dask_prefix"] == "ndarray"
+    for r in recs:
+        assert 0 <= r["buffer_bytes"] <= r["size"]
+    assert not [r for r in records if r["event"] == "untraced"]
+
+
+@pytest.mark.timeout(300)
+def test_unpicklable_argument(cluster_runs):
+    out, records, _ = cluster_runs["traced"]
+    plain_out, _, _ = cluster_runs["plain"]
+    # Dask's own exception, unchanged (but for the lock's address)
+    assert [re.sub("0x[0-9a-f]+", "0x", m) for m in out["error"]] == \
+        [re.sub("0x[0-9a-f]+", "0x", m) for m in plain_out["error"]]
+    assert out["error"][0] == "TypeError" and "Could not serialize" in out["error"][1]
+    [err] = _dask(records, "pickle_error")
+    assert err["channel"] == "dask.graph" and err["dask_role"] == "client"
+    assert err["error"] == "TypeError: cannot pickle '_thread.lock' object"
+    assert err["path"] and err["path"].endswith("]") and "lock" in err["hint"]
+
+
+@pytest.mark.timeout(300)
+def test_report_reads_dask_records(cluster_runs):
+    _, records, _ = cluster_runs["traced"]
+    data = summarize(records)
+    text = render_text(data)
+    assert "dask.task" in text and "dask.scatter" in text
+    assert "not in this trace" not in text
+    found = {f["kind"] for f in data["findings"]}
+    assert "function_by_value" in found, data["findings"]
+
+
+UNINSTALL = '''
+import json, os, sys
+import tracedmp
+tracedmp.configure(trace=os.environ["TRACE"])
+import distributed
+from distributed.protocol import core, pickle as dpickle
+import distributed.client as client, distributed.worker as worker
+serialize = sys.modules["distributed.protocol.serialize"]
+names = lambda: [dpickle.dumps, dpickle.pickle, dpickle.cloudpickle, serialize.serialize,
+                 core.dumps, client.serialize, client.dumps, worker.Worker.get_data]
+traced = names()
+tracedmp.uninstall()
+plain = names()
+print(json.dumps({
+    "changed": [a is not b for a, b in zip(traced, plain)],
+    "restored": [getattr(f, "__module__", None) or f.__name__ for f in plain],
+}))
+'''
+
+
+@pytest.mark.timeout(120)
+def test_installed_with_distributed_and_removed_by_uninstall(run_program, tmp_path):
+    env = {"TRACE": str(tmp_path / "t.jsonl")}
+    run = run_program(UNINSTALL, env=env, timeout=90)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert all(out["changed"]), out
+    assert not any(m.startswith("tracedmp") for m in out["restored"]), out
+    assert not [r for r in run.records if r["event"] == "untraced"]
