@@ -307,3 +307,29 @@ def test_installed_with_distributed_and_removed_by_uninstall(run_program, tmp_pa
     assert all(out["changed"]), out
     assert not any(m.startswith("tracedmp") for m in out["restored"]), out
     assert not [r for r in run.records if r["event"] == "untraced"]
+
+
+class Holder:
+    def __init__(self, a):
+        self.a = a
+
+
+def test_parts_count_out_of_band_buffers():
+    """A protocol 5 pickle's buffers travel beside it: each is a part where it sits."""
+    import pickle
+
+    import numpy as np
+
+    from tracedmp._runtime import parts
+
+    data = {f"k{i}": i for i in range(40)}
+    data["big"] = Holder(np.ones(100_000))
+    buffers: list = []
+    stream = pickle.dumps(data, protocol=5, buffer_callback=buffers.append)
+    sizes = [memoryview(b).nbytes for b in buffers]
+    assert sizes == [800_000] and len(stream) < 2000
+    found, whole = parts.attribute_parts(stream, "dask.task", buffers=sizes)
+    assert whole and found[0]["path"] == "obj['big'].a"
+    assert found[0]["type"] == "numpy.ndarray" and 800_000 < found[0]["size"] < 800_200
+    # the stream alone does not know the array is large
+    assert "numpy.ndarray" not in {p["type"] for p in parts.attribute_parts(stream, "dask.task")[0]}

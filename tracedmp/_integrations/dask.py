@@ -224,20 +224,18 @@ def _cloudpickle_stand_in(real: Any) -> _StandIn:
 class _Buffers:
     """Counts the out-of-band buffers a pickle hands to its ``buffer_callback``."""
 
-    __slots__ = ("callback", "count", "nbytes")
+    __slots__ = ("callback", "sizes")
 
     def __init__(self, callback: Any) -> None:
         self.callback = callback
-        self.count = 0
-        self.nbytes = 0
+        self.sizes: List[int] = []
 
     def __call__(self, buffer: Any) -> Any:
-        self.count += 1
         try:
             with memoryview(buffer) as view:
-                self.nbytes += view.nbytes
+                self.sizes.append(view.nbytes)
         except TypeError:
-            pass
+            self.sizes.append(0)
         return self.callback(buffer)
 
 
@@ -291,9 +289,8 @@ def _traced_pickle_dumps(original: Any) -> Any:
             state.depth = 0
         duration = perf_counter_ns() - start
         try:
-            count = counter.count if counter is not None else 0
-            nbytes = counter.nbytes if counter is not None else 0
-            _record(tracer, x, result, len(result) + nbytes, count, nbytes, duration,
+            sizes = counter.sizes if counter is not None else []
+            _record(tracer, x, result, len(result) + sum(sizes), sizes, duration,
                     state.pickler or "pickle")
         except Exception as exc:
             internal_error(exc)
@@ -375,33 +372,59 @@ def _record_serialized(tracer: Any, state: _State, obj: Any, header: Any, frames
     sizes = [_nbytes(f) for f in frames]
     streams = [f for f, k in zip(frames, kinds) if k]
     size = sum(sizes)
-    nbytes = sum(s for s, k in zip(sizes, kinds) if not k)
-    count = sum(1 for k in kinds if not k)
     pickler = state.pickler if streams else (family if family != "pickle" else "dask")
     if family is None and header.get("is-collection"):
         pickler = state.pickler or "dask"
-    _record(tracer, obj, streams[0] if len(streams) == 1 else None, size, count, nbytes,
-            duration, pickler or "pickle")
+    _record(tracer, obj, streams[0] if len(streams) == 1 else None, size,
+            [s for s, k in zip(sizes, kinds) if not k], duration, pickler or "pickle")
 
 
-def _record(tracer: Any, obj: Any, stream: Any, size: int, count: int, nbytes: int,
+def _record(tracer: Any, obj: Any, stream: Any, size: int, buffers: List[int],
             duration: int, pickler: str) -> None:
     state = _state
     channel, fields = state.fields or ("dask.other", {})
     extra = dict(fields)
-    extra["buffers"] = count
-    extra["buffer_bytes"] = nbytes
+    extra["buffers"] = len(buffers)
+    extra["buffer_bytes"] = sum(buffers)
     if stream is not None and size >= tracer.parts_at:
         from .._runtime import parts
 
         site = ("dask", channel, extra.get("dask_prefix"))
-        extra.update(parts.fields(stream, channel, None, duration, site))
+        extra.update(parts.fields(stream, channel, None, duration, site, buffers))
+        if extra.get("parts"):
+            _name_parts(obj, channel, extra["parts"])
     refs = [r for r in state.refs if not _internal(r)]
     by_value = state.by_value
     state.refs = []
     state.by_value = None
     record_pickle(tracer, obj, size, duration, refs, by_value, channel, None, extra, None,
                   pickler)
+
+
+_ROOTS = {"dask.task": "task", "dask.graph": "graph"}
+
+
+def _name_parts(obj: Any, channel: str, found: List[Dict[str, Any]]) -> None:
+    """Parts named as the program knows them: ``task.args[0]`` rather than
+    ``obj.__getstate__()[5][0]`` (a Dask task pickles its slots as a tuple, sorted by name)."""
+    slots = None
+    all_slots = getattr(type(obj), "get_all_slots", None)
+    if callable(all_slots) and type(obj).__module__.startswith("dask."):
+        try:
+            slots = all_slots()
+        except Exception:
+            slots = None
+    root = _ROOTS.get(channel, "obj")
+    for part in found:
+        path = part.get("path")
+        if not isinstance(path, str) or not path.startswith("obj"):
+            continue
+        rest = path[3:]
+        if slots and rest.startswith(".__getstate__()["):
+            index, _, after = rest[len(".__getstate__()["):].partition("]")
+            if index.isdigit() and int(index) < len(slots):
+                rest = f".{slots[int(index)]}{after}"
+        part["path"] = root + rest
 
 
 def _record_error(tracer: Any, obj: Any, exc: BaseException, duration: int) -> None:

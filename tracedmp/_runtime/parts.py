@@ -42,7 +42,7 @@ _unpack_H = struct.Struct("<H").unpack_from
 # Opcode classes (the dispatch below tests the common ones first).
 (_LEAF, _DATA, _MEMOIZE, _PUT, _GET, _MARK, _MANY, _APPEND, _SETITEM, _EMPTY, _TUPLEN,
  _FROMMARK, _STACK_GLOBAL, _GLOBAL, _REDUCE, _NEWOBJ, _BUILD, _SKIP, _STOP, _POP, _POP_MARK,
- _DUP, _LINE_LEAF, _INST, _PERSID, _EXT, _UNKNOWN) = range(27)
+ _DUP, _LINE_LEAF, _INST, _PERSID, _EXT, _UNKNOWN, _BUFFER) = range(28)
 
 # For each opcode byte: its class, the bytes of a fixed-size argument, or for data opcodes the
 # size of the length prefix (negative: a signed 4-byte length).
@@ -92,6 +92,9 @@ def _setup() -> None:
 
 
 _setup()
+# The walk of a pickle whose out-of-band buffers are known: NEXT_BUFFER makes a node.
+_CLASS_OOB = list(_CLASS)
+_CLASS_OOB[0x97] = _BUFFER
 # Runs of one fixed-size number opcode (a list of floats or ints is pickled as batches of them).
 _RUNS: List[Any] = [None] * 256
 for _code in (0x47, 0x4A, 0x4B, 0x4D):  # BINFLOAT, BININT, BININT1, BININT2
@@ -140,19 +143,25 @@ _OPAQUE_TYPES = set(_OPAQUE.values())
 
 
 def walk(data: Any, min_part: int, ops_budget: int = OPS_BUDGET,
-         deadline_ns: int = 0) -> Tuple[Optional[list], bool]:
+         deadline_ns: int = 0, oob: Optional[list] = None) -> Tuple[Optional[list], bool]:
     """The pickle's root object (a node), and whether the walk read it all (False: the budget
-    of opcodes, or of time with ``deadline_ns``, ran out first)."""
+    of opcodes, or of time with ``deadline_ns``, ran out first).  ``oob``: a list that gets a
+    node for each out-of-band buffer (``NEXT_BUFFER``), in order; every member of containers
+    is then kept, however small in the stream."""
     # Read in place (a copy of a 10 MB pickle costs more than walking it).
     buf = data if isinstance(data, (bytes, memoryview)) else memoryview(data)
     n = len(buf)
-    classes, widths, runs = _CLASS, _ARG, _RUNS
+    classes, widths, runs = _CLASS if oob is None else _CLASS_OOB, _ARG, _RUNS
     vals: list = []  # per stack slot: a node, or ~pos of a small leaf (its opcode's position)
     starts: List[int] = []  # per stack slot: where the bytes that made it start
     push, push_start = vals.append, starts.append
     marks: List[int] = []  # stack depth of each open MARK, and where it is
     mark_pos: List[int] = []
     memo: Dict[int, Any] = {}
+    keep = min_part  # members of a container kept: of many, the large ones only
+    if oob is not None:
+        memo[-1] = oob  # for _rare (no memo index is negative)
+        keep = 0  # sizes are known only once the buffers are counted in: every member
     next_memo = 0
     pos = 0
     left = ops_budget
@@ -231,7 +240,7 @@ def walk(data: Any, min_part: int, ops_budget: int = OPS_BUDGET,
             del vals[at:], starts[at:]
             target = vals[-1]
             if type(target) is list:
-                _add_items(target, items, buf, min_part)
+                _add_items(target, items, buf, keep)
                 target[1] = pos  # END
         elif cls == EMPTY:
             kind, type_ = _CONTAINER_TYPES[code]
@@ -244,12 +253,12 @@ def walk(data: Any, min_part: int, ops_budget: int = OPS_BUDGET,
             start = starts[at]
             items = vals[at:]
             node = [start, pos, "tuple", "builtins.tuple", None, 0, None, items, None]
-            _add_items(node, items, buf, min_part)
+            _add_items(node, items, buf, keep)
             del vals[at:], starts[at:]
             push(node)
             push_start(start)
         else:
-            pos = _rare(cls, code, buf, pos, vals, starts, marks, mark_pos, memo, min_part)
+            pos = _rare(cls, code, buf, pos, vals, starts, marks, mark_pos, memo, keep)
             if pos < 0:
                 if pos == -1:  # STOP
                     root = vals[-1] if vals else None
@@ -384,6 +393,12 @@ def _rare(cls: int, code: int, buf: Any, pos: int, vals: list, starts: List[int]
         vals.append(~start)
         starts.append(start)
         return end
+    if cls == _BUFFER:  # an out-of-band buffer: sized afterwards (_with_buffers)
+        node = _node(pos, pos + 1, "data", "pickle.PickleBuffer")
+        memo[-1].append(node)
+        vals.append(node)
+        starts.append(pos)
+        return pos + 1
     if cls == _EXT:
         width = {0x82: 1, 0x83: 2, 0x84: 4}[code]
         node = _node(pos, pos + 1 + width, "global", "global")
@@ -584,6 +599,13 @@ def _reduce(func: Any, call_args: Any, start: int, end: int, buf: Any) -> list:
         return node
     if ref == "functools.partial":
         return _node(start, end, "partial", "functools.partial")  # the state follows (BUILD)
+    if ref == "dask._expr.Expr._reconstruct" and len(args) >= 3:
+        # A Dask expression (a graph a client sends): (its type, *operands, token, cache)
+        node = _node(start, end, "obj", _ref(args[0]) or "object")
+        for i, value in enumerate(args[1:-2]):
+            if type(value) is list:
+                _relabel(node, f".operands[{i}]", value, i)
+        return node
     if ref.startswith("cloudpickle."):
         what = ref.rsplit(".", 1)[-1]
         if what == "_builtin_type":
@@ -642,10 +664,15 @@ def _build(target: list, state: Any) -> None:
         return
     if kind == "dict":
         _attributes(target, state)
-    elif kind == "tuple" and state[KIDS]:  # (dict, slots)
-        for _, node, _ in state[KIDS]:
-            if node[KIND] == "dict":
-                _attributes(target, node)
+    elif kind == "tuple" and state[KIDS]:  # (dict, slots), or a __getstate__'s own tuple
+        kids = state[KIDS]
+        if any(node[KIND] == "dict" for _, node, _ in kids) and state[COUNT] == 2:
+            for _, node, _ in kids:
+                if node[KIND] == "dict":
+                    _attributes(target, node)
+        else:
+            for fragment, node, key in kids:
+                _relabel(target, f".__getstate__(){fragment}", node, key)
     else:
         _relabel(target, ".__getstate__()", state)
 
@@ -789,14 +816,59 @@ def _kid_size(kid: Tuple[str, list, Any]) -> int:
 
 
 def attribute_parts(data: Any, channel: str, part: Optional[str] = None, top: int = TOP,
-                    deadline_ns: int = 0) -> Tuple[List[Dict[str, Any]], bool]:
+                    deadline_ns: int = 0, buffers: Optional[List[int]] = None
+                    ) -> Tuple[List[Dict[str, Any]], bool]:
     """The largest parts of the pickle ``data`` sent on ``channel``, and whether it was read
-    whole (False: the walk's budget ran out, and the open parts' sizes are upper bounds)."""
+    whole (False: the walk's budget ran out, and the open parts' sizes are upper bounds).
+    ``buffers``: the sizes of the pickle's out-of-band buffers (protocol 5), in order, each
+    then a part of the object it sits in."""
+    if buffers and len(data) <= OOB_INBAND:
+        min_part = max(256, (len(data) + sum(buffers)) >> 9)
+        oob: list = []
+        root, whole = walk(data, min_part, deadline_ns=deadline_ns, oob=oob)
+        if root is None:
+            return [], whole
+        _with_buffers(root, oob, buffers)
+        return select(root, channel, part, min_part, top), whole
     min_part = max(256, len(data) >> 9)
     root, whole = walk(data, min_part, deadline_ns=deadline_ns)
     if root is None:
         return [], whole
     return select(root, channel, part, min_part, top), whole
+
+
+# A pickle with out-of-band buffers is walked keeping every member, so only up to this size
+# (a Dask graph that embeds arrays: their data is out of band, the stream small).
+OOB_INBAND = 256 * 1024
+
+
+def _with_buffers(root: list, oob: list, buffers: List[int]) -> None:
+    """Spans as if each out-of-band buffer sat in the stream where its NEXT_BUFFER is."""
+    from bisect import bisect_left
+
+    positions = [node[START] for node in oob]
+    before = [0]
+    for size in buffers[:len(positions)]:
+        before.append(before[-1] + size)
+    while len(before) <= len(positions):
+        before.append(before[-1])
+
+    def moved(pos: int) -> int:
+        return pos + before[bisect_left(positions, pos)]
+
+    seen = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        node[START], node[END] = moved(node[START]), moved(node[END])
+        for _, kid, _ in node[KIDS] or ():
+            stack.append(kid)
+        for item in node[ITEMS] or ():
+            if type(item) is list:
+                stack.append(item)
 
 
 class Budget:
@@ -827,7 +899,7 @@ PER_WALK_FLOOR_NS = 2_000_000  # ...or 2 ms, whichever is more
 
 
 def fields(data: Any, channel: str, part: Optional[str], pickle_ns: int,
-           site: Any) -> Dict[str, Any]:
+           site: Any, buffers: Optional[List[int]] = None) -> Dict[str, Any]:
     """The record fields for a pickle at or above the threshold: ``parts`` (and
     ``parts_partial`` if the walk was cut short), or ``parts_skipped`` when the call site's
     budget says to leave this one out."""
@@ -841,7 +913,8 @@ def fields(data: Any, channel: str, part: Optional[str], pickle_ns: int,
     start = perf_counter_ns()
     deadline = start + max(PER_WALK_FLOOR_NS, int(PER_WALK * pickle_ns))
     try:
-        found, whole = attribute_parts(data, channel, part, deadline_ns=deadline)
+        found, whole = attribute_parts(data, channel, part, deadline_ns=deadline,
+                                       buffers=buffers)
     finally:
         budget.spent(perf_counter_ns() - start)
     out: Dict[str, Any] = {"parts": found}
