@@ -114,6 +114,10 @@ def square(x):
     return x * x
 
 
+def total(a):
+    return float(a.sum())
+
+
 def main():
     offset = 3
 
@@ -132,6 +136,11 @@ def main():
         big = np.arange(800_000, dtype=np.float64)  # 6.4 MB
         [scattered] = client.scatter([big])
         out["sum"] = float(client.submit(np.sum, scattered).result(timeout=60))
+        weights = np.ones(200_000)  # 1.6 MB, embedded in the graph and in its task
+        out["weights"] = client.submit(total, weights).result(timeout=60)
+        table = np.zeros(20_000)
+        for _ in range(3):  # the same data scattered again and again
+            client.scatter([table])
         try:
             client.submit(square, threading.Lock(), key="bad").result(timeout=30)
         except Exception as exc:
@@ -220,8 +229,8 @@ def test_channels_keys_and_by_value_functions(cluster_runs):
     for r in recs:
         by_channel.setdefault(r["channel"], []).append(r)
     tasks = by_channel["dask.task"]
-    # 100 squares, 10 shifted, sum, np.sum: one run_spec each, from the scheduler
-    assert len(tasks) == 112
+    # 100 squares, 10 shifted, sum, np.sum, total: one run_spec each, from the scheduler
+    assert len(tasks) == 113
     assert {r["dask_role"] for r in tasks} == {"scheduler"}
     assert {r["dask_op"] for r in tasks} == {"compute-task"}
     squares = [r for r in tasks if r["dask_prefix"] == "square"]
@@ -235,16 +244,27 @@ def test_channels_keys_and_by_value_functions(cluster_runs):
     assert all({"name": "__main__.main.<locals>.shifted", "kind": "value"} in r["callables"]
                for r in closures)
     graphs = [r for r in by_channel["dask.graph"] if r.get("dask_field") == "expr_ser"]
-    assert len(graphs) == 4 and {r["dask_role"] for r in graphs} == {"client"}
+    assert len(graphs) == 5 and {r["dask_role"] for r in graphs} == {"client"}
+    # the array in the graph, out of band, is named where it sits: in the graph, in the task
+    [weighted] = [r for r in graphs if r["size"] > 1_600_000]
+    assert weighted["buffers"] == 1 and weighted["buffer_bytes"] == 1_600_000
+    part = weighted["parts"][0]
+    assert part["type"] == "numpy.ndarray" and 1_600_000 < part["size"] < 1_600_200
+    assert part["path"].startswith("graph.operands[0]['total-")
+    [task] = [r for r in tasks if r["dask_prefix"] == "total"]
+    assert task["parts"][0]["path"] == "task.args[0]" and task["buffers"] == 1
+    assert task["pickler"] == "cloudpickle"  # total is in __main__
     # the squares' results move to the worker summing them, the rest come back to the client
     transfers = by_channel["dask.transfer"]
     assert "square" in {r["dask_prefix"] for r in transfers}
     assert {r["dask_prefix"] for r in transfers} <= {"square", "ndarray"}
     assert set(r["dask_address"] for r in transfers) <= set(out["workers"])
     results = by_channel["dask.result"]
-    assert sorted(r["dask_prefix"] for r in results) == ["shifted"] * 10 + ["sum"] * 2
+    assert sorted(r["dask_prefix"] for r in results) == ["shifted"] * 10 + ["sum"] * 2 + \
+        ["total"]
     assert {r["dask_role"] for r in results} == {"worker"}
-    [scatter] = by_channel["dask.scatter"]
+    scatter, *again = by_channel["dask.scatter"]
+    assert len(again) == 3 and {r["size"] for r in again} == {160_000}
     assert scatter["type"] == "numpy.ndarray" and scatter["pickler"] == "dask"
     assert scatter["size"] >= 6_400_000 and scatter["buffers"] == 1
     assert scatter["buffer_bytes"] == 6_400_000 and scatter["dask_prefix"] == "ndarray"
@@ -274,8 +294,19 @@ def test_report_reads_dask_records(cluster_runs):
     text = render_text(data)
     assert "dask.task" in text and "dask.scatter" in text
     assert "not in this trace" not in text
-    found = {f["kind"] for f in data["findings"]}
-    assert "function_by_value" in found, data["findings"]
+    found = {f["kind"]: f for f in data["findings"]}
+    graph = found["dask_large_graph"]
+    assert graph["part"]["type"] == "numpy.ndarray" and "graph.operands[0]['total-" in \
+        graph["message"]
+    by_value = [f for f in data["findings"] if f["kind"] == "dask_function_by_value"]
+    assert {f["name"]: f["count"] for f in by_value} == {
+        "__main__.square": 100, "__main__.main.<locals>.shifted": 10}
+    assert "function_by_value" not in found  # said once, by the Dask finding
+    scattered = found["dask_scattered_repeatedly"]
+    assert scattered["count"] == 3 and scattered["size"] == 160_000
+    assert "scattered 3 times" in text
+    assert {c["channel"] for c in data["dask"]["channels"]} >= {
+        "dask.graph", "dask.task", "dask.result", "dask.transfer", "dask.scatter"}
 
 
 UNINSTALL = '''

@@ -12,6 +12,8 @@ import sys
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 from .attribution import Parts, is_library, user_first
+from .daskreport import DaskSummary
+from .daskreport import render as _render_dask
 from .reader import Trace, printable, read_trace
 
 __all__ = ["Summary", "losses", "render_text", "summarize"]
@@ -139,6 +141,7 @@ class Summary:
         self.unpickles = _Group()
         self._smallest_kept = 0
         self.libraries = _Libraries()  # joblib and loky, and the engines not traced
+        self.dask = DaskSummary()  # the dask.* channels: Dask distributed's pickles
         self.parts = Parts()
         self.children: Dict[str, str] = {}  # child name -> target, for launch data findings
         self.manager: Dict[tuple, _Group] = {}  # (method, message) -> messages
@@ -261,6 +264,8 @@ class Summary:
             self._keep_large(r, size, channel, names)
         if "arrays" in r:
             self.libraries.arrays_of(r, channel)
+        if channel.startswith("dask.") and r.get("exemplar") is not True:
+            self.dask.add(r, channel, size, names)
         if "parts" in r or "parts_skipped" in r:
             if channel == "process":
                 sender = ""
@@ -422,7 +427,9 @@ class Summary:
             "errors": [{**e, "processes": sorted(p for p in e["processes"] if p)}
                        for e in errors],
             "unpickles": self.unpickles.as_dict() if self.unpickles.count else None,
-            "findings": self._findings(span, total, tables) + self.libraries.findings(self.combos),
+            "findings": (self._findings(span, total, tables) + self.dask.findings()
+                         + self.libraries.findings(self.combos)),
+            "dask": self.dask.as_dict(),
             **self.libraries.as_dict(),
         }
 
@@ -449,8 +456,9 @@ class Summary:
                                 f"calling {what}: per-message overhead dominates; pass a larger "
                                 "chunksize to map/imap (e.g. len(items) // (4 * processes))"),
                     "count": g.count, "median_size": median})
+        dask_named = self.dask.by_value_names()  # said by the Dask finding, for Dask's tasks
         for name, g in tables["value"].items():
-            if g.count >= 10:
+            if g.count >= 10 and name not in dask_named:
                 out.append({
                     "kind": "function_by_value",
                     "message": (f"{name} was pickled by value {g.count} times "
@@ -809,6 +817,7 @@ def render_text(data: Dict[str, Any]) -> str:
             add(f"  {e['count']}x {e['channel']} {e['type']}: {e['error']}")
             add(f"      at {e['path'] or '(top level)'}; fix: {e['hint']}")
 
+    _render_dask(data.get("dask"), add)
     _render_libraries(data, add)
 
     if data.get("unpickles"):
