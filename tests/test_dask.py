@@ -251,6 +251,7 @@ def test_channels_keys_and_by_value_functions(cluster_runs):
     part = weighted["parts"][0]
     assert part["type"] == "numpy.ndarray" and 1_600_000 < part["size"] < 1_600_200
     assert part["path"].startswith("graph.operands[0]['total-")
+    assert part["path"].endswith("'].args[0]")  # the task under that key, its first argument
     [task] = [r for r in tasks if r["dask_prefix"] == "total"]
     assert task["parts"][0]["path"] == "task.args[0]" and task["buffers"] == 1
     assert task["pickler"] == "cloudpickle"  # total is in __main__

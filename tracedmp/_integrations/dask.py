@@ -421,10 +421,50 @@ def _name_parts(obj: Any, channel: str, found: List[Dict[str, Any]]) -> None:
             continue
         rest = path[3:]
         if slots and rest.startswith(".__getstate__()["):
-            index, _, after = rest[len(".__getstate__()["):].partition("]")
-            if index.isdigit() and int(index) < len(slots):
-                rest = f".{slots[int(index)]}{after}"
+            rest = _slot_named(rest, slots)
+        elif channel == "dask.graph":
+            rest = _task_in_graph(obj, rest)
         part["path"] = root + rest
+
+
+def _slot_named(rest: str, slots: Any) -> str:
+    """``.__getstate__()[5]...`` of an object whose state is its sorted slots: ``.args...``."""
+    index, _, after = rest[len(".__getstate__()["):].partition("]")
+    if index.isdigit() and int(index) < len(slots):
+        return f".{slots[int(index)]}{after}"
+    return rest
+
+
+_IN_GRAPH = None
+
+
+def _task_in_graph(graph: Any, rest: str) -> str:
+    """``.operands[0]['key'].__getstate__()[5]...``: the task under that key names the slot."""
+    global _IN_GRAPH
+    import re
+    from ast import literal_eval
+
+    if _IN_GRAPH is None:
+        _IN_GRAPH = re.compile(r"\.operands\[(\d+)\]\[('(?:[^'\\]|\\.)*')\](\.__getstate__\(\).*)$")
+    match = _IN_GRAPH.match(rest)
+    if match is None:
+        return rest
+    operands = getattr(graph, "operands", None)
+    index = int(match.group(1))
+    if type(operands) is not list or index >= len(operands) or type(operands[index]) is not dict:
+        return rest
+    try:
+        task = operands[index].get(literal_eval(match.group(2)))
+    except (ValueError, SyntaxError):
+        return rest
+    all_slots = getattr(type(task), "get_all_slots", None)
+    if not callable(all_slots) or not type(task).__module__.startswith("dask."):
+        return rest
+    try:
+        named = _slot_named(match.group(3), all_slots())
+    except Exception:
+        return rest
+    return rest[:match.start(3)] + named
 
 
 def _record_error(tracer: Any, obj: Any, exc: BaseException, duration: int) -> None:

@@ -91,35 +91,34 @@ class DaskSummary:
             "prefixes": [{"channel": c, "prefix": p, "count": v[0], "bytes": v[1]}
                          for (c, p), v in sorted(self.prefixes.items(),
                                                  key=lambda kv: (-kv[1][1], kv[0]))][:_TOP],
-            "large_graphs": sorted(self.graphs, key=lambda g: -g["size"])[:_TOP],
+            # the largest graphs, those whose parts were read first
+            "large_graphs": sorted(self.graphs, key=lambda g: (g["part"] is None,
+                                                               -g["size"]))[:3],
         }
 
     def findings(self) -> List[Dict[str, Any]]:
         out: List[Dict[str, Any]] = []
-        # Large graphs, those whose largest part is the same kind of thing as one finding
-        alike: Dict[tuple, List[Dict[str, Any]]] = {}
+        # Large graphs: one finding per type of graph, naming a part where one was read
+        alike: Dict[str, List[Dict[str, Any]]] = {}
         for g in sorted(self.graphs, key=lambda g: -g["size"]):
-            part = g["part"]
-            shape = (g["type"], part["type"], part["size"]) if part else (g["type"], g["size"])
-            alike.setdefault(shape, []).append(g)
+            alike.setdefault(g["type"], []).append(g)
         tasks = sum(t[0] for t in self.large_tasks.values())
         again = (f"; {tasks} dask.task message(s) of 1 MB or more carried data again, "
                  f"{_fmt(sum(t[1] for t in self.large_tasks.values()))} in all" if tasks else "")
-        for graphs in list(alike.values())[:3]:
+        for type_name, graphs in list(alike.items())[:3]:
             g, n = graphs[0], len(graphs)
-            part = g["part"]
-            where = (f"; {_fmt(part['size'])} of {'it' if n == 1 else 'each'} is one "
-                     f"{part['type']}, {'at' if n == 1 else 'e.g.'} {part['path']}"
-                     if part else "")
+            part = next((x["part"] for x in graphs if x["part"]), None)
+            where = (f"; {_fmt(part['size'])} of {'it' if n == 1 else 'one'} is a "
+                     f"{part['type']}, at {part['path']}" if part else "")
             what = f"a graph of {_fmt(g['size'])}" if n == 1 else \
-                f"{n} graphs of {_fmt(g['size'])} or so"
+                f"{n} graphs of up to {_fmt(g['size'])}"
             out.append({
                 "kind": "dask_large_graph",
-                "message": (f"the client sent {what} ({g['type']}{where}){again}: data "
+                "message": (f"the client sent {what} ({type_name}{where}){again}: data "
                             "embedded in a graph travels to the scheduler, and to a worker "
                             "with every task that uses it; scatter it first (client.scatter) "
                             "and pass the future, or load it inside the task"),
-                "count": n, "size": g["size"], "type": g["type"], "part": part})
+                "count": n, "size": g["size"], "type": type_name, "part": part})
             again = ""
         for prefix, (n, nbytes, part) in sorted(self.large_tasks.items(),
                                                  key=lambda kv: -kv[1][1]):
@@ -197,7 +196,9 @@ def render(data: Optional[Dict[str, Any]], add: Any) -> None:
         for p in data["prefixes"]:
             add(f"    {p['prefix'][:40]:40} {p['channel']:14} {p['count']:>8} "
                 f"{_fmt(p['bytes']):>10}")
+    if data.get("large_graphs"):
+        add("  large graphs:")
     for g in data.get("large_graphs") or ():
         part = g.get("part")
-        add(f"  graph of {_fmt(g['size'])} ({g['type']}) from {g['process']} (pid {g['pid']})"
+        add(f"    {_fmt(g['size']):>10} {g['type']} from {g['process']} (pid {g['pid']})"
             + (f": {part['path']} ({part['type']}) {_fmt(part['size'])}" if part else ""))
