@@ -167,8 +167,11 @@ class _StandIn:
 
 
 def _pickle_stand_in(real: Any) -> _StandIn:
-    class TracingDaskPickler(real.Pickler):  # type: ignore[misc, name-defined]
+    class TracingDaskPickler(real.Pickler):  # type: ignore[misc]
         """The stdlib's pickler, noting each function and class it pickles."""
+
+        _tracedmp_refs: Any
+        _tracedmp_by_value: Any
 
         def reducer_override(self, obj: Any) -> Any:
             if type(obj) in _CALLABLE_TYPES or isinstance(obj, type):
@@ -189,6 +192,9 @@ def _cloudpickle_stand_in(real: Any) -> _StandIn:
 
     class TracingDaskCloudPickler(base):  # type: ignore[misc, valid-type]
         """cloudpickle's pickler, noting each function and class, and which went by value."""
+
+        _tracedmp_refs: Any
+        _tracedmp_by_value: Any
 
         def reducer_override(self, obj: Any) -> Any:
             is_class = isinstance(obj, type)
@@ -316,7 +322,7 @@ def _traced_serialize(original: Any, serialize_mod: Any) -> Any:
                 return original(x, *args, **kwargs)
             finally:
                 state.depth -= 1
-        obj = x.data if isinstance(x, wrappers) else x
+        obj = x.data if isinstance(x, wrappers) else x  # type: ignore[attr-defined]
         _enter(state, obj, x, sys._getframe(1))
         start = perf_counter_ns()
         try:
@@ -571,9 +577,11 @@ def _key_text(key: Any) -> str:
 
 
 def _prefix(key: Any) -> Optional[str]:
+    # dask.utils is imported with distributed (looked up, not imported: nothing to type-check)
+    key_split = getattr(sys.modules.get("dask.utils"), "key_split", None)
+    if key_split is None:
+        return None
     try:
-        from dask.utils import key_split
-
         prefix = key_split(key)
     except Exception:  # a key Dask itself would not split
         return None

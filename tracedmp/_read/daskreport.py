@@ -131,20 +131,20 @@ class DaskSummary:
                             f"{where}, {_fmt(nbytes)} in all: scatter the data once "
                             "(client.scatter) and pass the future to the tasks"),
                 "count": n, "bytes": nbytes, "prefix": prefix, "part": part})
-        for name, (tasks, nbytes, graphs) in sorted(self.by_value.items(),
-                                                     key=lambda kv: -kv[1][1]):
+        for name, (tasks, size, in_graphs) in sorted(self.by_value.items(),
+                                                   key=lambda kv: -kv[1][1]):
             if tasks < 2:
                 continue
             out.append({
                 "kind": "dask_function_by_value",
                 "message": (f"{name} was sent by value with each of {tasks} dask.task "
-                            f"messages ({_fmt(nbytes)} in all, with what else they carried"
-                            + (f"; and in {graphs} graph(s)" if graphs else "")
+                            f"messages ({_fmt(size)} in all, with what else they carried"
+                            + (f"; and in {in_graphs} graph(s)" if in_graphs else "")
                             + "): Dask cloudpickles a task whose pickle names __main__, so the "
                             "function's code travels with each one; define it in a module the "
                             "workers can import (client.upload_file, or installed on them) so "
                             "it travels as a name"),
-                "count": tasks, "bytes": nbytes, "name": name})
+                "count": tasks, "bytes": size, "name": name})
         for (type_name, size), (n, keys) in sorted(self.scattered.items(),
                                                    key=lambda kv: -kv[0][1] * kv[1][0]):
             if n < 2:
