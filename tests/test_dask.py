@@ -332,13 +332,13 @@ print(json.dumps({
 
 @pytest.mark.timeout(120)
 def test_installed_with_distributed_and_removed_by_uninstall(run_program, tmp_path):
-    env = {"TRACE": str(tmp_path / "t.jsonl")}
-    run = run_program(UNINSTALL, env=env, timeout=90)
+    trace = str(tmp_path / "t.jsonl")
+    run = run_program(UNINSTALL, env={"TRACE": trace}, trace=trace, timeout=90)
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout.strip().splitlines()[-1])
     assert all(out["changed"]), out
     assert not any(m.startswith("tracedmp") for m in out["restored"]), out
-    assert not [r for r in run.records if r["event"] == "untraced"]
+    assert run.records and not [r for r in run.records if r["event"] == "untraced"]
 
 
 class Holder:
@@ -365,3 +365,52 @@ def test_parts_count_out_of_band_buffers():
     assert found[0]["type"] == "numpy.ndarray" and 800_000 < found[0]["size"] < 800_200
     # the stream alone does not know the array is large
     assert "numpy.ndarray" not in {p["type"] for p in parts.attribute_parts(stream, "dask.task")[0]}
+
+
+SAME_BYTES = '''
+import json, os, sys
+import numpy as np
+import tracedmp
+tracedmp.configure(trace=os.environ["TRACE"])
+import distributed
+from distributed.protocol import pickle as dpickle, to_serialize, Serialize
+serialize = sys.modules["distributed.protocol.serialize"]
+
+
+def local(x):  # in __main__: Dask pickles it again with cloudpickle
+    return x
+
+
+class Odd:  # pickle cannot, cloudpickle can (a lambda inside)
+    def __init__(self):
+        self.f = lambda: 1
+
+
+def made():
+    out = []
+    for obj in [(local, 1), {"a": np.arange(50_000)}, [1, "x", b"y"], Odd(), np.ones(10)]:
+        buffers = []
+        data = dpickle.dumps(obj, buffer_callback=buffers.append)
+        out.append([bytes(data).hex(), [bytes(memoryview(b)).hex() for b in buffers]])
+        header, frames = serialize.serialize(Serialize(obj))
+        out.append([sorted(header), [bytes(memoryview(f)).hex() for f in frames]])
+    return out
+
+
+traced = made()
+tracedmp.uninstall()
+plain = made()
+print(json.dumps({"same": [a == b for a, b in zip(traced, plain)]}))
+'''
+
+
+@pytest.mark.timeout(120)
+def test_traced_pickles_are_the_same_bytes(run_program, tmp_path):
+    trace = str(tmp_path / "t.jsonl")
+    run = run_program(SAME_BYTES, env={"TRACE": trace}, trace=trace, timeout=90)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["same"] and all(out["same"]), out
+    recs = [r for r in run.records if r["event"] == "pickle"]
+    assert len(recs) == 10  # one per object and call: nothing twice, nothing left out
+    assert {r["pickler"] for r in recs} == {"pickle", "cloudpickle", "dask"}
