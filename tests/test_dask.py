@@ -398,9 +398,43 @@ def made():
 
 
 traced = made()
+
+
+def closure():
+    data = list(range(10))
+
+    def f():
+        return data
+    return f
+
+
+import gc, weakref
+f = closure()
+dpickle.dumps(f)  # by value, noted while pickled: not kept after
+gone = weakref.ref(f)
+del f
+
+
+def locked():
+    lock = __import__("threading").Lock()
+
+    def g():
+        return lock
+    return g
+
+
+g = locked()
+try:
+    dpickle.dumps(g)  # fails: a pickle_error, and the function is not kept either
+except TypeError:
+    pass
+failed_gone = weakref.ref(g)
+del g
+gc.collect()
+kept = gone() is not None or failed_gone() is not None
 tracedmp.uninstall()
 plain = made()
-print(json.dumps({"same": [a == b for a, b in zip(traced, plain)]}))
+print(json.dumps({"same": [a == b for a, b in zip(traced, plain)], "kept": kept}))
 '''
 
 
@@ -411,6 +445,8 @@ def test_traced_pickles_are_the_same_bytes(run_program, tmp_path):
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout.strip().splitlines()[-1])
     assert out["same"] and all(out["same"]), out
+    assert out["kept"] is False  # a function sent is not kept alive by tracing
     recs = [r for r in run.records if r["event"] == "pickle"]
-    assert len(recs) == 10  # one per object and call: nothing twice, nothing left out
+    assert len(recs) == 11  # one per object and call: nothing twice, nothing left out
+    assert len([r for r in run.records if r["event"] == "pickle_error"]) == 1
     assert {r["pickler"] for r in recs} == {"pickle", "cloudpickle", "dask"}

@@ -259,6 +259,13 @@ def _enter(state: _State, obj: Any, key_of: Any, frame: Any) -> None:
         state.fields = ("dask.other", {})
 
 
+def _leave(state: _State) -> None:
+    """The outermost object is recorded: keep none of the functions and classes it named."""
+    state.refs = []
+    state.by_value = None
+    state.fields = None
+
+
 def _traced_pickle_dumps(original: Any) -> Any:
     def dumps(x: Any, *args: Any, **kwargs: Any) -> Any:
         tracer = _tracer.current
@@ -290,6 +297,7 @@ def _traced_pickle_dumps(original: Any) -> Any:
             result = original(x, *args, **kwargs)
         except Exception as exc:
             safely(_record_error, tracer, x, exc, perf_counter_ns() - start)
+            _leave(state)
             raise
         finally:
             state.depth = 0
@@ -300,6 +308,8 @@ def _traced_pickle_dumps(original: Any) -> Any:
                     state.pickler or "pickle")
         except Exception as exc:
             internal_error(exc)
+        finally:
+            _leave(state)
         return result
 
     dumps.__wrapped__ = original  # type: ignore[attr-defined]
@@ -327,6 +337,9 @@ def _traced_serialize(original: Any, serialize_mod: Any) -> Any:
         start = perf_counter_ns()
         try:
             header, frames = result = original(x, *args, **kwargs)
+        except BaseException:
+            _leave(state)
+            raise
         finally:
             state.depth = 0
         duration = perf_counter_ns() - start
@@ -334,6 +347,8 @@ def _traced_serialize(original: Any, serialize_mod: Any) -> Any:
             _record_serialized(tracer, state, obj, header, frames, duration)
         except Exception as exc:
             internal_error(exc)
+        finally:
+            _leave(state)
         return result
 
     serialize.__wrapped__ = original  # type: ignore[attr-defined]
@@ -401,8 +416,6 @@ def _record(tracer: Any, obj: Any, stream: Any, size: int, buffers: List[int],
             _name_parts(obj, channel, extra["parts"])
     refs = [r for r in state.refs if not _internal(r)]
     by_value = state.by_value
-    state.refs = []
-    state.by_value = None
     record_pickle(tracer, obj, size, duration, refs, by_value, channel, None, extra, None,
                   pickler)
 
