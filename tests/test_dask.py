@@ -310,6 +310,25 @@ def test_report_reads_dask_records(cluster_runs):
         "dask.graph", "dask.task", "dask.result", "dask.transfer", "dask.scatter"}
 
 
+@pytest.mark.timeout(300)
+def test_html_report_shows_dask(cluster_runs, tmp_path):
+    from test_html_report import browse, text_of
+
+    _, records, _ = cluster_runs["traced"]
+    trace = tmp_path / "trace.jsonl"
+    trace.write_text("".join(json.dumps(r) + "\n" for r in records))
+    page = tmp_path / "report.html"
+    proc = subprocess.run([sys.executable, "-m", "tracedmp", "report", "--html", str(page),
+                           str(trace)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    dom, requested = browse(page, tmp_path)
+    text = text_of(dom)
+    assert requested == []
+    assert "Dask distributed" in text and "out of band" in text and "task prefix" in text
+    assert "dask.transfer" in text and "graph.operands[0]['total-" in text
+    assert "was sent by value with each of 100 dask.task messages" in text
+
+
 UNINSTALL = '''
 import json, os, sys
 import tracedmp

@@ -645,6 +645,27 @@ if ((D.parallel || []).length || (D.arrays || []).length || (D.untraced || []).l
   if (D.untraced.length) table(lib, [{ key: "engine", label: "not traced", mono: true },
     { key: "processes", label: "imported by", render: r => r.processes.join(", ") }], D.untraced);
 }
+if (D.dask && (D.dask.channels || []).length) {
+  const dk = section("dask", "Dask distributed",
+    "what distributed.protocol serialized to send; out of band: pickle protocol 5 buffers and " +
+    "Dask's own serializers' frames");
+  table(dk, [{ key: "channel", label: "channel", mono: true },
+    { key: "count", label: "messages", num: true },
+    { key: "bytes", label: "bytes", num: true, fmt: fmtBytes },
+    { key: "buffer_bytes", label: "out of band", num: true, fmt: fmtBytes },
+    { key: "by_value", label: "by value", num: true }], D.dask.channels,
+    { sort: "bytes", keep: r => keepChannel(r.channel) });
+  if ((D.dask.prefixes || []).length) table(dk, [
+    { key: "prefix", label: "task prefix", mono: true }, { key: "channel", label: "channel", mono: true },
+    { key: "count", label: "messages", num: true },
+    { key: "bytes", label: "bytes", num: true, fmt: fmtBytes }], D.dask.prefixes,
+    { sort: "bytes", keep: r => keepChannel(r.channel) });
+  if ((D.dask.large_graphs || []).length) table(dk, [
+    { key: "size", label: "graph", num: true, fmt: fmtBytes }, { key: "type", label: "type", mono: true },
+    { key: "part", label: "largest part", mono: true, sortValue: r => r.part ? r.part.size : 0,
+      render: r => el("span", { text: r.part ? r.part.path + " (" + r.part.type + ")" : "" }) }],
+    D.dask.large_graphs, { sort: "size" });
+}
 if (D.unpickles) {
   const u = D.unpickles;
   section("unpickles", "Unpickling", fmtInt(u.count) + " loads, " + fmtBytes(u.bytes) + ", " +
