@@ -469,3 +469,32 @@ def test_traced_pickles_are_the_same_bytes(run_program, tmp_path):
     assert len(recs) == 11  # one per object and call: nothing twice, nothing left out
     assert len([r for r in run.records if r["event"] == "pickle_error"]) == 1
     assert {r["pickler"] for r in recs} == {"pickle", "cloudpickle", "dask"}
+
+
+def _summary_record(channel, type_, pickler, callables, sizes, seq):
+    return {"v": 1, "event": "summary", "ts": 1.0 + seq, "pid": 7, "process": "MainProcess",
+            "start_method": "spawn", "seq": seq, "of": "pickle", "channel": channel,
+            "kind": "value", "type": type_, "pickler": pickler, "callables": callables,
+            "count": sum(n for _, n in sizes), "bytes": sum(s * n for s, n in sizes),
+            "min_size": min(s for s, _ in sizes), "max_size": max(s for s, _ in sizes),
+            "duration_ns": 1000, "sizes": [list(p) for p in sizes], "sizes_exact": True,
+            "since": 1.0}
+
+
+def test_report_of_a_summary_trace_has_the_dask_findings():
+    """Summary mode keeps aggregates, not records: the by-value and scatter findings still
+    come out of them (keys and out-of-band bytes are not in a summary, and the report says so)."""
+    f = [{"name": "__main__.f", "kind": "value"}]
+    records = [
+        {"v": 1, "event": "trace_start", "ts": 1.0, "pid": 7, "process": "MainProcess",
+         "start_method": "spawn", "seq": 0, "mode": "summary"},
+        _summary_record("dask.task", "dask._task_spec.Task", "cloudpickle", f, [(600, 30)], 1),
+        _summary_record("dask.task", "dask._task_spec.Task", "cloudpickle", f, [(610, 20)], 2),
+        _summary_record("dask.scatter", "numpy.ndarray", "dask", [], [(160_000, 3)], 3),
+    ]
+    data = summarize(records)
+    found = {f["kind"]: f for f in data["findings"]}
+    assert found["dask_function_by_value"]["count"] == 50
+    assert found["dask_scattered_repeatedly"]["count"] == 3
+    assert "function_by_value" not in found
+    assert "out-of-band bytes, keys and prefixes are in full records only" in render_text(data)

@@ -36,6 +36,49 @@ class DaskSummary:
         self.by_value: Dict[str, List[int]] = {}  # function -> [tasks, bytes, graphs]
         self.scattered: Dict[Tuple[str, int], List[Any]] = {}  # (type, size) -> [n, keys]
         self.large_tasks: Dict[str, List[Any]] = {}  # prefix -> [n, bytes, a part]
+        self.oob_unknown = False  # summary records (they do not say what went out of band)
+
+    def add_summary(self, r: Mapping[str, Any], channel: str, names: tuple) -> None:
+        """A summary-mode record: the aggregates of one kind of Dask pickle (no per-object
+        fields: keys, prefixes and out-of-band bytes are not in it)."""
+        count, nbytes = _int(r.get("count")), _int(r.get("bytes"))
+        entry = self.channels.get(channel)
+        if entry is None:
+            self.channels[channel] = entry = [0, 0, 0, 0]
+        entry[0] += count
+        entry[1] += nbytes
+        self.oob_unknown = True
+        values = [n for n, kind in names if kind == "value"]
+        if values:
+            entry[3] += count
+        for name in values:
+            v = self.by_value.setdefault(name, [0, 0, 0])
+            if channel == "dask.task":
+                v[0] += count
+                v[1] += nbytes
+            elif channel == "dask.graph":
+                v[2] += count
+        sizes = r.get("sizes")
+        if channel == "dask.scatter" and r.get("sizes_exact") is True and type(sizes) is list:
+            for pair in sizes:
+                if type(pair) is list and len(pair) == 2:
+                    s = self.scattered.setdefault((_text(r.get("type")), _int(pair[0])),
+                                                  [0, set()])
+                    s[0] += _int(pair[1])
+
+    def add_exemplar(self, r: Mapping[str, Any], channel: str, size: int) -> None:
+        """Summary mode's largest pickles, in full (already counted by a summary)."""
+        if channel == "dask.graph" and size >= LARGE_GRAPH:
+            self._graph(r, size)
+
+    def _graph(self, r: Mapping[str, Any], size: int) -> None:
+        self.graphs.append({"size": size, "type": _text(r.get("type")),
+                            "process": _text(r.get("process")), "pid": r.get("pid"),
+                            "buffer_bytes": _int(r.get("buffer_bytes")),
+                            "part": _first_part(r)})
+        if len(self.graphs) > 4 * _TOP:
+            self.graphs.sort(key=lambda g: -g["size"])
+            del self.graphs[_TOP:]
 
     def add(self, r: Mapping[str, Any], channel: str, size: int, names: tuple) -> None:
         entry = self.channels.get(channel)
@@ -67,13 +110,7 @@ class DaskSummary:
             for name in values:
                 self.by_value.setdefault(name, [0, 0, 0])[2] += 1
             if size >= LARGE_GRAPH and r.get("dask_field") in ("expr_ser", None):
-                self.graphs.append({"size": size, "type": _text(r.get("type")),
-                                    "process": _text(r.get("process")), "pid": r.get("pid"),
-                                    "buffer_bytes": _int(r.get("buffer_bytes")),
-                                    "part": _first_part(r)})
-                if len(self.graphs) > 4 * _TOP:
-                    self.graphs.sort(key=lambda g: -g["size"])
-                    del self.graphs[_TOP:]
+                self._graph(r, size)
         elif channel == "dask.scatter":
             key = (_text(r.get("type")), size)
             s = self.scattered.get(key)
@@ -94,6 +131,7 @@ class DaskSummary:
             # the largest graphs, those whose parts were read first
             "large_graphs": sorted(self.graphs, key=lambda g: (g["part"] is None,
                                                                -g["size"]))[:3],
+            "buffer_bytes_known": not self.oob_unknown,
         }
 
     def findings(self) -> List[Dict[str, Any]]:
@@ -188,9 +226,14 @@ def render(data: Optional[Dict[str, Any]], add: Any) -> None:
     add("Dask (what distributed.protocol serialized to send; out of band: pickle protocol 5 "
         "buffers and Dask's own serializers' frames)")
     add(f"  {'channel':16} {'count':>8} {'bytes':>10} {'out of band':>12} {'by value':>9}")
+    known = data.get("buffer_bytes_known", True)
     for c in data["channels"]:
+        oob = _fmt(c["buffer_bytes"]) if known else "?"
         add(f"  {c['channel']:16} {c['count']:>8} {_fmt(c['bytes']):>10} "
-            f"{_fmt(c['buffer_bytes']):>12} {c['by_value']:>9}")
+            f"{oob:>12} {c['by_value']:>9}")
+    if not known:
+        add("  (a summary-mode trace: out-of-band bytes, keys and prefixes are in full records "
+            "only)")
     if data.get("prefixes"):
         add("  by task prefix:")
         for p in data["prefixes"]:

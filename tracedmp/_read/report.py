@@ -264,8 +264,11 @@ class Summary:
             self._keep_large(r, size, channel, names)
         if "arrays" in r:
             self.libraries.arrays_of(r, channel)
-        if channel.startswith("dask.") and r.get("exemplar") is not True:
-            self.dask.add(r, channel, size, names)
+        if channel.startswith("dask."):
+            if r.get("exemplar") is not True:
+                self.dask.add(r, channel, size, names)
+            else:
+                self.dask.add_exemplar(r, channel, size)
         if "parts" in r or "parts_skipped" in r:
             if channel == "process":
                 sender = ""
@@ -317,6 +320,8 @@ class Summary:
             if found is None:
                 self.combos[key] = found = _Group()
             group = found
+            if key[0].startswith("dask."):
+                self.dask.add_summary(r, key[0], names)
         group.count += _int(r.get("count"))
         group.bytes += _int(r.get("bytes"))
         group.ns += _int(r.get("duration_ns"))
