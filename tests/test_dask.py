@@ -498,3 +498,39 @@ def test_report_of_a_summary_trace_has_the_dask_findings():
     assert found["dask_scattered_repeatedly"]["count"] == 3
     assert "function_by_value" not in found
     assert "out-of-band bytes, keys and prefixes are in full records only" in render_text(data)
+
+
+JOBLIB_DASK = '''
+import json
+import counting
+counting.install()
+import joblib
+from distributed import Client, LocalCluster
+
+
+def square(x):
+    return x * x
+
+
+if __name__ == "__main__":
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None, worker_dashboard_address=None) as cluster, \\
+            Client(cluster, timeout=30):
+        with joblib.parallel_config(backend="dask"):
+            out = joblib.Parallel()(joblib.delayed(square)(i) for i in range(20))
+    print(json.dumps({"out": out}))
+'''
+
+
+@pytest.mark.timeout(300)
+def test_joblib_dask_backend_is_traced(tmp_path):
+    pytest.importorskip("joblib")
+    out, records, sizes = _run(tmp_path, JOBLIB_DASK, "traced")
+    assert out["out"] == [i * i for i in range(20)]
+    [parallel] = [r for r in records if r["event"] == "parallel"]
+    assert parallel["backend"] == "dask" and parallel["pickles"] is True
+    tasks = [r for r in _dask(records) if r["channel"] == "dask.task"]
+    assert tasks and all({"name": "__main__.square", "kind": "value"} in r["callables"]
+                         for r in tasks)
+    assert len(_dask(records)) == len(sizes)  # every object Dask serialized, once
+    assert not [r for r in records if r["event"] == "untraced"]

@@ -161,7 +161,7 @@ _BACKENDS = {"LokyBackend": "loky", "MultiprocessingBackend": "multiprocessing",
 # true: it pickles between processes, and this trace has those pickles; false: threads or this
 # process only, nothing is pickled; null: it pickles through channels tracedmp does not see
 _PICKLES = {"loky": True, "multiprocessing": True, "threading": False, "sequential": False,
-            "dask": None}
+            "dask": True}  # Dask distributed: on the dask.* channels
 
 
 def _initialize_hook(original: Any) -> Any:
@@ -190,6 +190,8 @@ def _parallel_record(tracer: Any, parallel: Any, n_jobs: Any) -> None:
     rec["n_jobs"] = n_jobs if type(n_jobs) is int else None
     if name in _PICKLES:
         rec["pickles"] = _PICKLES[name]
+        if name == "dask" and n_jobs == 1:
+            rec["pickles"] = False  # one worker thread: joblib runs the calls here, in order
     else:  # a backend of a library or the program's own: threads pickle nothing, else unknown
         rec["pickles"] = False if getattr(backend, "uses_threads", False) else None
     tracer.emit(rec)
