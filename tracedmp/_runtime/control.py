@@ -34,12 +34,15 @@ _UNSET: Any = object()  # the default of every configure() argument
 
 
 def activate(config: Optional[_config.Config] = None, *,
-             main: Optional[bool] = None, trace_start: bool = True) -> _tracer.Tracer:
+             main: Optional[bool] = None, trace_start: bool = True,
+             implicit: bool = False) -> _tracer.Tracer:
     """Start tracing with ``config`` (default: the resolved settings); idempotent.
 
     ``main``: whether this is the program's main process (it announces a default trace file,
     writes ``trace_start`` unless told not to, and maps reserved space for its records); worked
-    out when not given."""
+    out when not given.  ``implicit``: started by the first use of tracedmp's API, not asked
+    for: the file is made by the first record (a program that records nothing, or chooses
+    another file first, leaves none behind)."""
     if _tracer.current is not None:
         return _tracer.current
     _tracer.forked_since_start()
@@ -49,36 +52,96 @@ def activate(config: Optional[_config.Config] = None, *,
     if not cfg.enabled:
         raise ValueError("tracing is off")
     announce = False
-    if cfg.trace is None:
+    chosen = cfg.trace is not None  # by configure(), TRACEDMP_TRACE or tracedmp run
+    if not chosen:
         cfg = cfg.replace(trace=_config.default_trace_path())
         announce = main
     if cfg.trace != _tracer._seq_file:  # each trace file numbers a process's records from 0
         _tracer._seq = itertools.count()
         _tracer._seq_file = cfg.trace  # type: ignore[assignment]  # a path by now
     tracer = _tracer.Tracer(cfg, main=main)
+    tracer.implicit, tracer.file_chosen = implicit, chosen
     if main:
-        tracer.sink.open()  # a bad path is an error now, naming the path, not a lost trace
+        # A bad path is an error now, naming the path, not a lost trace.
+        if implicit:
+            tracer.sink.check(ours=not chosen)  # made by the first record: none if none comes
+        else:
+            tracer.sink.open()
     _hook_in(tracer)
     if main and trace_start:
-        from .._version import __version__  # only the main process writes trace_start
-
-        rec = _tracer.base_record("trace_start", None)
-        rec.update(
-            tracedmp=__version__,
-            python=sys.version.split()[0],
-            platform=sys.platform,
-            program=os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else None,
-            pickler=cfg.pickler,
-            parts_threshold=cfg.parts_threshold,
-            mode=cfg.mode,
-        )
-        tracer.emit(rec)
-    if announce:
-        sys.stderr.write(
-            f"tracedmp: tracing to {cfg.trace} "
-            "(set TRACEDMP_TRACE to choose the file, TRACEDMP_TRACE=off to turn tracing off)\n"
-        )
+        rec = _trace_start(cfg)
+        if implicit:
+            _put_off(tracer, rec, announce)
+        else:  # asked for: the file says so at once (readers of a trace still being written)
+            tracer.emit(rec)
+    if announce and not implicit:
+        _announce(cfg.trace)  # type: ignore[arg-type]  # a path by now
     return tracer
+
+
+def _trace_start(cfg: _config.Config) -> dict:
+    from .._version import __version__  # only the main process writes trace_start
+
+    rec = _tracer.base_record("trace_start", None)
+    rec.update(
+        tracedmp=__version__,
+        python=sys.version.split()[0],
+        platform=sys.platform,
+        program=os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else None,
+        pickler=cfg.pickler,
+        parts_threshold=cfg.parts_threshold,
+        mode=cfg.mode,
+    )
+    return rec
+
+
+def _put_off(tracer: _tracer.Tracer, rec: dict, announce: bool) -> None:
+    """Tracing started by first use: ``trace_start`` (and the default file's announcement) go
+    into the file with this process's first record there, at no cost to the records after it;
+    or at exit if the file was chosen (``TRACEDMP_TRACE``: readers then find a trace saying
+    nothing was pickled).  A program that chooses another file first, or uninstalls, or
+    records nothing in a default file, leaves that file as it was, or never makes it."""
+    tracer.start_seq = rec["seq"]  # its ts and seq are those of the start
+
+    def write() -> None:
+        if announce:
+            _announce(tracer.config.trace)  # type: ignore[arg-type]  # a path by now
+        _tracer.safely(tracer.emit, rec)
+
+    tracer.sink.write_first(write)
+    global _exit_hooked
+    if not _exit_hooked:
+        _exit_hooked = True
+        # atexit, not multiprocessing's finalizers: those run after it (summary mode's last
+        # write among them), and find trace_start written.  Only a main process gets here;
+        # multiprocessing's children end with os._exit, and a fork drops what is put off.
+        import atexit
+
+        atexit.register(_start_at_exit)
+
+
+_exit_hooked = False
+
+
+def _start_at_exit() -> None:
+    tracer = _tracer.current
+    if tracer is not None and tracer.file_chosen:
+        tracer.sink.write_pending()
+
+
+def _drop_put_off(tracer: _tracer.Tracer) -> None:
+    """Tracing stops before its first record: its trace_start is not written, and its number
+    given back if nothing was numbered since (the next start in that file takes it)."""
+    if tracer.sink.drop_pending() and _tracer._seq_file == tracer.config.trace:
+        if next(_tracer._seq) == tracer.start_seq + 1:
+            _tracer._seq = itertools.count(tracer.start_seq)
+
+
+def _announce(path: str) -> None:
+    sys.stderr.write(
+        f"tracedmp: tracing to {path} "
+        "(set TRACEDMP_TRACE to choose the file, TRACEDMP_TRACE=off to turn tracing off)\n"
+    )
 
 
 def _hook_in(tracer: _tracer.Tracer) -> None:
@@ -143,6 +206,7 @@ def pop(suspended: Suspended, forward: Any = None) -> None:
 def deactivate() -> None:
     if _tracer.current is not None:
         _tracer.write_summary(_tracer.current)
+        _drop_put_off(_tracer.current)
     tracer, _tracer.current = _tracer.current, None
     summary = sys.modules.get("tracedmp._runtime.summary")
     if summary is not None:
@@ -165,19 +229,23 @@ def activate_implicitly() -> None:
             if _tracer.current is not None:
                 return
         try:
-            install()
+            _install(implicit=True)
         except _errors.TraceFileError as exc:
             sys.stderr.write(f"tracedmp: {exc}; running untraced\n")
 
 
 def install() -> None:
     """Start tracing now with the configured settings (explicit counterpart of first use)."""
+    _install(implicit=False)
+
+
+def _install(*, implicit: bool) -> None:
     global _implicit_allowed
     _implicit_allowed = False
     if _tracer.current is None:
         cfg = _config.resolve()
         if cfg.enabled:
-            activate(cfg)
+            activate(cfg, implicit=implicit)
 
 
 def uninstall() -> None:
@@ -195,14 +263,19 @@ def reconfigure(*, start: bool) -> None:
         return
     cfg = _config.resolve()
     main = current.main if current is not None else None
-    if current is not None and cfg.trace is None:
+    if current is not None and cfg.trace is None and not (
+            current.implicit and not current.file_chosen and current.sink.pending()):
         cfg = cfg.replace(trace=current.config.trace)  # keep the file already announced
     if current is not None and cfg == current.config:
         return
+    # Started by first use, and the same file (or a default one not announced yet): still
+    # made only by a first record.
+    implicit = current is not None and current.implicit and cfg.trace in (
+        None, current.config.trace)
     deactivate()
     _implicit_allowed = False
     if cfg.enabled:
-        activate(cfg, main=main)
+        activate(cfg, main=main, implicit=implicit)
 
 
 def is_tracing() -> bool:

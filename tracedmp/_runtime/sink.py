@@ -32,7 +32,7 @@ from .._errors import TraceFileError
 TYPE_CHECKING = False  # typing costs milliseconds to import, in every spawned child
 if TYPE_CHECKING:
     from mmap import mmap
-    from typing import List, Optional, Tuple
+    from typing import Callable, List, Optional, Tuple
 
 __all__ = ["TraceFile"]
 
@@ -59,7 +59,7 @@ class TraceFile:
     """
 
     __slots__ = ("path", "_fd", "failed", "_map", "_map_fd", "_rfd", "_ident", "_chunk", "_lock",
-                 "write")
+                 "write", "_first", "_then")
 
     CHUNK_MIN = 4 * 1024
     CHUNK_MAX = 64 * 1024
@@ -78,12 +78,77 @@ class TraceFile:
         self._lock = allocate_lock()  # only ever tried, never waited on
         # write(line): bound to the mode, so a write costs one call, not two.
         self.write = self._map_write if mapped else self._write
+        # What write_first() asked to go before this process's first line (at most one), and
+        # the write that comes back once it is written.
+        self._first: List[Callable[[], None]] = []
+        self._then = self.write
 
     def open(self) -> None:
         """Open (creating) the file now; raise :class:`TraceFileError` naming the path if not."""
         if self._fd < 0:
             self._fd = open_trace(self.path, os.O_WRONLY)
             self._ident = _identity(self._fd)
+
+    def check(self, *, ours: bool = False) -> None:
+        """Raise :class:`TraceFileError` now if this file could not be written, leaving
+        nothing behind: an existing path is opened; for a new one, a nameless file is made in
+        its folder and dropped (``O_TMPFILE``), so the first write makes the file.  Where the
+        file system cannot do that, ``ours`` (a path no other program uses: the default one)
+        is made and removed at once, any other checked with ``access()``."""
+        if self._fd >= 0 or os.path.lexists(self.path):
+            self.open()
+            return
+        folder = os.path.dirname(self.path) or os.curdir
+        try:
+            try:
+                fd = os.open(folder, getattr(os, "O_TMPFILE", 0) | os.O_WRONLY
+                             | getattr(os, "O_CLOEXEC", 0), 0o600)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                    raise
+                if not ours:  # (root passes access() where only a write could tell)
+                    if not os.access(folder, os.W_OK | os.X_OK):
+                        raise OSError(errno.EACCES, os.strerror(errno.EACCES)) from None
+                    return
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                os.unlink(self.path)
+            os.close(fd)
+        except OSError as exc:
+            raise TraceFileError(_refusal(self.path, exc)) from exc
+
+    def write_first(self, preamble: Callable[[], None]) -> None:
+        """Call ``preamble`` (which writes its own line here) just before this process writes its
+        first line, or at :meth:`write_pending`: ``write`` stands in until then, so the lines
+        after the first cost nothing more."""
+        self._first[:] = [preamble]
+        self._then = self.write
+        self.write = self._write_first
+
+    def _write_first(self, line: bytes) -> None:
+        self.write_pending()
+        self.write(line)
+
+    def write_pending(self) -> None:
+        """Write what :meth:`write_first` put off, if it is still to be written."""
+        if self.write == self._write_first:
+            self.write = self._then  # first: the preamble writes through it
+        try:
+            preamble = self._first.pop()  # one thread gets it (list.pop is atomic)
+        except IndexError:
+            return
+        preamble()
+
+    def pending(self) -> bool:
+        """Whether what :meth:`write_first` put off is still to be written."""
+        return bool(self._first)
+
+    def drop_pending(self) -> bool:
+        """Forget what :meth:`write_first` put off; whether anything was still pending."""
+        if self.write == self._write_first:
+            self.write = self._then
+        pending = bool(self._first)
+        self._first.clear()
+        return pending
 
     def flush(self) -> None:
         """Nothing to do: every record is in the file (or its page cache) once written."""
@@ -163,8 +228,10 @@ class TraceFile:
 
     def after_fork_in_child(self) -> None:
         # The region is the parent's; a child writes through the shared descriptor.  The lock
-        # may have been held by a parent thread at the fork.
+        # may have been held by a parent thread at the fork.  What the parent put off to its
+        # first line stays the parent's to write.
         self._lock = allocate_lock()
+        self.drop_pending()
         self._stop_mapping()
 
     def _write(self, line: bytes) -> None:

@@ -48,6 +48,12 @@ class Tracer:
         # Pickles this large name their parts (parts.py); "never" when that is off.
         self.parts_at = config.parts_threshold or 1 << 62
         self.summary = config.mode == "summary"  # aggregates instead of a record per pickle
+        # Set by control.activate: started by first use (the file made by its first record,
+        # with the trace_start put off till then, numbered start_seq); whether the file was
+        # chosen (configure, TRACEDMP_TRACE, tracedmp run) or is the default one.
+        self.implicit = False
+        self.start_seq = -1
+        self.file_chosen = True
 
     def emit(self, record: dict) -> None:
         if self._processors:
