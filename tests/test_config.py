@@ -1,7 +1,9 @@
 """configure() / get_config() / reset_config(), environment variables, install and uninstall."""
 
+import inspect
 import multiprocessing
 import os
+import re
 from multiprocessing import connection, context, queues, reduction
 
 import pytest
@@ -52,6 +54,41 @@ def test_bad_settings_are_named(kwargs, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         tracedmp.configure(**kwargs)
     assert isinstance(ConfigError("x"), ValueError)
+
+
+# A value each option refuses, and the start of what configure() says.
+BAD = {"trace": (3.5, "trace=3.5 is not a path"),
+       "pickler": ("dill", "pickler='dill' is not a pickler"),
+       "unpickle": ("yes", "unpickle='yes' must be True or False"),
+       "check_spawn": (1, "check_spawn=1 must be True or False"),
+       "processors": ([42], "processors: 42 is not callable"),
+       "diagnose": ("no", "diagnose='no' must be True or False"),
+       "parts_threshold": ("big", "parts_threshold='big' is not a size in bytes"),
+       "mode": ("fast", "mode='fast' is not a tracing mode"),
+       "summary_interval": (0, "summary_interval=0 is not a number of seconds")}
+
+
+def test_every_option_is_checked_in_one_place_for_configure_and_capture():
+    # configure() and capture() check their options with the one config.check_option: an
+    # option added to Config cannot be left unchecked, nor checked two ways.
+    from tracedmp._runtime import config
+
+    assert list(BAD) == list(config.Config.__slots__)
+    assert list(inspect.signature(tracedmp.configure).parameters) == list(BAD)
+    for name, (value, message) in BAD.items():
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            config.check_option(name, value)
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            tracedmp.configure(**{name: value})
+    capture_options = [n for n in inspect.signature(tracedmp.capture).parameters if n != "path"]
+    for name in capture_options:
+        value, message = BAD[name]
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            tracedmp.capture(**{name: value})
+    assert config.check_option("parts_threshold", None) is None  # back to env or default
+    assert config.check_option("summary_interval", "2.5") == 2.5
+    assert tracedmp.capture(pickler=" Pickle ")._changes == {"pickler": "pickle"}
+    assert not tracedmp.is_tracing()
 
 
 def test_bad_environment_value_is_named(monkeypatch):

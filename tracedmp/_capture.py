@@ -61,14 +61,9 @@ class Capture:
     def __init__(self, path: Union[str, "os.PathLike[str]", None] = None, *,
                  pickler: Optional[str] = None, unpickle: Optional[bool] = None,
                  check_spawn: Optional[bool] = None) -> None:
-        changes: Dict[str, Any] = {}
-        if pickler is not None:
-            changes["pickler"] = _config.check_pickler(pickler, "pickler")
-        if unpickle is not None:
-            changes["unpickle"] = _config.check_bool(unpickle, "unpickle")
-        if check_spawn is not None:
-            changes["check_spawn"] = _config.check_bool(check_spawn, "check_spawn")
-        self._changes = changes
+        given = {"pickler": pickler, "unpickle": unpickle, "check_spawn": check_spawn}
+        self._changes: Dict[str, Any] = {name: _config.check_option(name, value)
+                                         for name, value in given.items() if value is not None}
         self._own_dir: Optional[str] = None
         if path is None:
             self.path = ""  # made on entry: a capture never entered leaves no file

@@ -194,6 +194,16 @@ def check_threshold(value: Any, name: str) -> int:
         "or 0/'off' to name no parts")
 
 
+def check_option(name: str, value: Any) -> Any:
+    """``value`` checked as a value of the ``configure()`` option ``name`` (``capture()``'s
+    options too): the value tracing uses, or a :class:`ConfigError` naming the option."""
+    if name == "processors":
+        return check_processors(value)
+    if name == "parts_threshold" and value is None:
+        return None  # back to the environment variable or the default
+    return _CHECKS[name](value, name)
+
+
 def _env_bool(value: str, name: str) -> bool:
     v = value.strip().lower()
     if v in _ON:
@@ -214,3 +224,10 @@ def check_processors(value: Any) -> Tuple[Processor, ...]:
                 "a callable (logger, method_name, event_dict) -> event_dict"
             )
     return procs
+
+
+# How each of configure()'s options (Config's fields) is checked; processors: check_processors.
+_CHECKS = {"trace": check_trace, "pickler": check_pickler, "unpickle": check_bool,
+           "check_spawn": check_bool, "diagnose": check_bool,
+           "parts_threshold": check_threshold, "mode": check_mode,
+           "summary_interval": check_interval}

@@ -317,26 +317,14 @@ def configure(
     Giving a path as ``trace`` starts tracing at once; other changes apply to tracing that is
     already running and are used when it starts.
     """
+    given = {"trace": trace, "pickler": pickler, "unpickle": unpickle,
+             "check_spawn": check_spawn, "processors": processors, "diagnose": diagnose,
+             "parts_threshold": parts_threshold, "mode": mode,
+             "summary_interval": summary_interval}
     new = dict(_config._explicit)
-    if trace is not _UNSET:
-        new["trace"] = _config.check_trace(trace, "trace")
-    if pickler is not _UNSET:
-        new["pickler"] = _config.check_pickler(pickler, "pickler")
-    if unpickle is not _UNSET:
-        new["unpickle"] = _config.check_bool(unpickle, "unpickle")
-    if check_spawn is not _UNSET:
-        new["check_spawn"] = _config.check_bool(check_spawn, "check_spawn")
-    if processors is not _UNSET:
-        new["processors"] = _config.check_processors(processors)
-    if diagnose is not _UNSET:
-        new["diagnose"] = _config.check_bool(diagnose, "diagnose")
-    if parts_threshold is not _UNSET:
-        new["parts_threshold"] = (None if parts_threshold is None else
-                                  _config.check_threshold(parts_threshold, "parts_threshold"))
-    if mode is not _UNSET:
-        new["mode"] = _config.check_mode(mode, "mode")
-    if summary_interval is not _UNSET:
-        new["summary_interval"] = _config.check_interval(summary_interval, "summary_interval")
+    for name, value in given.items():
+        if value is not _UNSET:
+            new[name] = _config.check_option(name, value)
     _config._explicit.clear()
     _config._explicit.update({k: v for k, v in new.items() if v is not None})
     reconfigure(start=isinstance(new.get("trace"), str))
