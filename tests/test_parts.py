@@ -127,6 +127,22 @@ def test_every_protocol_walks_to_the_same_sizes():
     assert "obj['k'][1]" in sizes[4] and "obj['k'][0]" in sizes[4]
 
 
+def test_memo_references_of_every_width_are_read_by_one_helper():
+    # GET and PUT take a 1-byte index (BINGET/BINPUT), a 4-byte one past 255 memo entries
+    # (LONG_BINGET/LONG_BINPUT) or a line (protocol 0); parts._memo_index reads each.
+    assert parts._memo_index(b"h\x05", 0, 1) == (5, 1)
+    assert parts._memo_index(b"j\x01\x02\x00\x00", 0, 4) == (513, 4)
+    assert parts._memo_index(b"g12\n", 0, parts._ARG[ord("g")]) == (12, 3)
+    assert parts._memo_index(b"p7\n", 0, parts._ARG[ord("p")]) == (7, 2)
+    big = b"x" * 70_000
+    obj = [[str(i) for i in range(300)], big, big]  # the second big one: a memo reference
+    for protocol in range(0, pickle.HIGHEST_PROTOCOL + 1):
+        found, whole = parts.attribute_parts(pickle.dumps(obj, protocol), "queue")
+        assert whole, protocol
+        assert [p["path"] for p in found] in (["obj[1]", "obj[0]"], ["obj[2]", "obj[0]"])
+        assert 70_000 < found[0]["size"] < 70_100, protocol  # the bytes counted once
+
+
 def test_walk_time_budget_cuts_a_long_pickle_short():
     data = dumps([{"a": i, "b": str(i)} for i in range(200_000)])
     found, whole = parts.attribute_parts(data, "queue", deadline_ns=1)  # already past

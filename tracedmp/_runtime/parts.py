@@ -216,12 +216,10 @@ def walk(data: Any, min_part: int, ops_budget: int = OPS_BUDGET,
             pos = end
         elif cls == GET:
             width = widths[code]
-            if width == 1:
+            if width == 1:  # BINGET, inline: a call for each would cost the walk ~20 %
                 index = buf[pos + 1]
-            elif width == 4:
-                index = _unpack_I(buf, pos + 1)[0]
             else:
-                index, width = _line_int(buf, pos)
+                index, width = _memo_index(buf, pos, width)
             push(memo.get(index, ~pos))
             push_start(pos)
             pos += 1 + width
@@ -322,13 +320,7 @@ def _rare(cls: int, code: int, buf: Any, pos: int, vals: list, starts: List[int]
         starts.append(start)
         return pos + 1
     if cls == _PUT:
-        width = _ARG[code]
-        if width == 1:
-            index = buf[pos + 1]
-        elif width == 4:
-            index = _unpack_I(buf, pos + 1)[0]
-        else:
-            index, width = _line_int(buf, pos)
+        index, width = _memo_index(buf, pos, _ARG[code])
         if vals:
             memo[index] = vals[-1]
         return pos + 1 + width
@@ -464,6 +456,16 @@ def _line_end(buf: Any, pos: int) -> int:
 
 
 _NEWLINE = re.compile(b"\n")
+
+
+def _memo_index(buf: Any, pos: int, width: int) -> Tuple[int, int]:
+    """The memo index a GET or PUT at ``pos`` names, and how many bytes its argument takes
+    (``width``: its opcode's ``_ARG``; a protocol 0 one is a line)."""
+    if width == 1:
+        return buf[pos + 1], 1
+    if width == 4:
+        return _unpack_I(buf, pos + 1)[0], 4
+    return _line_int(buf, pos)
 
 
 def _line_int(buf: Any, pos: int) -> Tuple[int, int]:
