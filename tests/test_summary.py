@@ -454,3 +454,93 @@ def test_the_report_names_processes_killed_before_their_first_summary(run_progra
     findings = summarize(read_trace(run.trace))["findings"]
     [lost] = [f for f in findings if f["kind"] == "summary_not_written"]
     assert lost["pids"] == [pid] and "close() and join()" in lost["message"]
+
+
+def _summaries(agg):
+    return [json.loads(line) for line in agg.lines() if b'"event":"summary"' in line]
+
+
+def test_an_aggregate_adds_up_exactly_then_in_buckets():
+    # Exact counting keeps only a count per size (count, bytes, min and max are worked out at
+    # the write); past EXACT_SIZES distinct sizes the key counts in buckets, mid-interval.
+    from tracedmp._runtime import summary
+
+    agg = summary.Aggregate("pickle", {"channel": "pipe"})
+    for size in (3, 3, 4):
+        agg.add(size, 5, 0, None, {"event": "pickle", "size": size})
+    [rec] = _summaries(agg)
+    assert (rec["count"], rec["bytes"], rec["min_size"], rec["max_size"], rec["duration_ns"],
+            rec["sizes"], rec["sizes_exact"]) == (3, 10, 3, 4, 15, [[3, 2], [4, 1]], True)
+    assert _summaries(agg) == []  # nothing since
+    sizes = [10] * 5 + list(range(1000, 1000 + 2 * summary.EXACT_SIZES)) + [10] * 3
+    for size in sizes:
+        agg.add(size, 7, 0, None, {"event": "pickle", "size": size})
+    [rec] = _summaries(agg)
+    assert (rec["count"], rec["bytes"], rec["min_size"], rec["max_size"], rec["duration_ns"]) \
+        == (len(sizes), sum(sizes), 10, max(sizes), 7 * len(sizes))
+    assert rec["sizes_exact"] is False and sum(n for _, n in rec["sizes"]) == len(sizes)
+    assert [10, 8] in rec["sizes"]  # sizes below 16 are their own bucket
+    for size in (5, 5, 300):  # the next interval counts in buckets from the start
+        agg.add(size, 1, 0, None, {"event": "pickle", "size": size})
+    [rec] = _summaries(agg)
+    assert (rec["count"], rec["bytes"], rec["min_size"], rec["max_size"], rec["sizes_exact"]) \
+        == (3, 310, 5, 300, False)
+
+
+def test_a_write_falls_due_by_the_time_the_pickle_ended_with_no_clock_read(monkeypatch):
+    # dumps() hands add() the perf_counter_ns() it read when pickling ended: checking whether a
+    # periodic write is due reads no clock of its own.
+    from tracedmp._runtime import summary
+
+    agg = summary.Aggregate("pickle", {"channel": "pipe"})
+    for _ in range(summary.EXEMPLARS):  # (the interval's first pickle reads time() for
+        agg.add(8, 1, 0)                # "since", exemplars their time_ns())
+    due = []
+    monkeypatch.setattr(summary, "write_due", due.append)
+    monkeypatch.setattr(summary, "_next_write", 1_000)
+
+    def no_clock():
+        raise AssertionError("a clock was read for a pickle")
+
+    for name in ("time", "time_ns", "perf_counter_ns"):
+        monkeypatch.setattr(summary, name, no_clock)
+    for now in (10, 500, 999):
+        agg.add(8, 1, now)
+    assert due == []
+    agg.add(8, 1, 1_000)
+    assert due == [1_000]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_many_sizes_from_one_call_site_add_up_as_in_a_full_trace(run_program, tmp_path, method):
+    # The template path's inline count (a size seen before) and Aggregate.add (new sizes,
+    # exemplars, the switch to buckets, periodic writes) together count every pickle once.
+    code = """
+import sys
+import tracedmp
+
+def work(n):
+    return b"x" * (n % 150)
+
+if __name__ == "__main__":
+    ctx = tracedmp.get_context(sys.argv[1])
+    pool = ctx.Pool(2)
+    sizes = pool.map(work, range(3000), chunksize=1)
+    pool.close()
+    pool.join()  # (not terminate(): the workers end normally and write what they counted)
+    a, b = ctx.Pipe()
+    for n in range(3000):
+        a.send(b"y" * (n % 200)); b.recv()
+    print(len(sizes))
+"""
+    full = run_program(code, method, trace=str(tmp_path / "full.jsonl"))
+    summ = run_program(code, method, trace=str(tmp_path / "summ.jsonl"),
+                       env={"TRACEDMP_MODE": "summary", "TRACEDMP_SUMMARY_INTERVAL": "0.05"})
+    assert full.returncode == 0 and summ.returncode == 0, full.stderr + summ.stderr
+    assert _totals(summ.records) == _totals(full.records)
+    a, b = summarize(read_trace(full.trace)), summarize(read_trace(summ.trace))
+    for name in ("pipe", "pool.result"):
+        [row_a] = [r for r in a["by_channel"] if r["name"] == name]
+        [row_b] = [r for r in b["by_channel"] if r["name"] == name]
+        assert (row_a["count"], row_a["bytes"], row_a["max_size"]) == \
+            (row_b["count"], row_b["bytes"], row_b["max_size"]), name

@@ -10,7 +10,7 @@ from __future__ import annotations
 import types
 from multiprocessing import process as _mp_process
 from multiprocessing.context import _default_context
-from time import time
+from time import perf_counter_ns, time
 from weakref import ref as _ref
 
 from . import summary as _summary
@@ -97,7 +97,7 @@ def record_pickle(tracer: Any, obj: Any, size: int, duration: int, refs: Sequenc
             site.template = hit  # a site sends the same kind of message again
         if hit is not None:
             if hit.aggregate is not None:  # summary mode: the template knows its aggregate
-                hit.aggregate.add(size, duration, hit.line)
+                hit.aggregate.add(size, duration, perf_counter_ns(), hit.line)
             else:
                 tracer.sink.write(hit.line % (*ts_parts(), next(_tracer._seq), size, duration))
             return

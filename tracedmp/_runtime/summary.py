@@ -5,7 +5,8 @@ kind, top-level type, callables), everything a pickle record says but its size, 
 number -- with the count, the bytes (total, min, max), the pickling time, a size histogram and
 the largest few pickles in full (exemplars).  Data flow::
 
-    dumps() template hit -> Aggregate.add(size, ns)      (the template says which aggregate)
+    dumps() template hit -> a size seen: exact[size] += 1, inline   (the template says which
+                         -> else Aggregate.add(size, ns, now)         aggregate)
     record_pickle() / unpickle, dict path -> add_record(rec)
     every `summary_interval` s (checked on the next pickle: no timer thread),
     when tracing stops and when the process ends  -> write() -> "summary" records + exemplars
@@ -23,7 +24,7 @@ ago).  A process that ends normally writes everything.
 
 from __future__ import annotations
 
-from time import monotonic, time, time_ns
+from time import perf_counter_ns, time, time_ns
 
 from . import tracer as _tracer
 from .render import render
@@ -40,8 +41,11 @@ SUB_BUCKETS = 3  # bits below the leading one a bucket keeps: 8 buckets per powe
 
 # Every aggregate of this process, by key; cleared after a fork (the child starts empty).
 _aggregates: Dict[tuple, "Aggregate"] = {}
-_next_write = float("inf")  # monotonic() time of the next periodic write
-_interval = 1.0
+# perf_counter_ns() time of the next periodic write: the clock dumps() has just read, so a
+# pickle costs no clock call of its own to check it (_NEVER: before the first pickle).
+_NEVER = 1 << 62
+_next_write = _NEVER
+_interval = 1_000_000_000  # ns
 _exit_registered = False
 
 
@@ -58,16 +62,21 @@ _NO_MIN = 2**63
 class _Interval:
     """What one key aggregated since its last write (swapped whole at a write)."""
 
-    __slots__ = ("count", "bytes", "ns", "min", "max", "sizes", "since")
+    __slots__ = ("exact", "ns", "count", "bytes", "min", "max", "sizes", "since")
 
     def __init__(self) -> None:
+        # size -> pickles, while the key's sizes are counted exactly: the count, bytes, min and
+        # max are worked out from it at the write, so a pickle of a size seen before updates
+        # only this and ns.  Empty (and never filled) once the key counts in buckets.
+        self.exact: Dict[int, int] = {}
+        self.ns = 0
+        # In buckets: kept pickle by pickle, with the pickles per bucket in sizes.
         self.count = 0
         self.bytes = 0
-        self.ns = 0
-        self.min = _NO_MIN  # until the first pickle
+        self.min = _NO_MIN
         self.max = -1
         self.sizes: Dict[int, int] = {}
-        self.since = 0.0
+        self.since = 0.0  # time() of the interval's first pickle
 
 
 class Aggregate:
@@ -84,36 +93,57 @@ class Aggregate:
         self.top: List[list] = []
         self.floor = -1  # a pickle larger than this is an exemplar
 
-    def add(self, size: int, ns: int, template: Any = None, rec: Any = None) -> None:
-        # The calls first: under the GIL, the updates below (no calls among them) are not
-        # interleaved with another thread's, nor with a write() swapping the interval out.
-        key = bucket(size) if self.bucketed else size
+    def add(self, size: int, ns: int, now: int, template: Any = None, rec: Any = None) -> None:
+        """One pickle of ``size`` bytes that took ``ns``, done at ``now`` (perf_counter_ns)."""
+        # The usual pickle: a size this interval has seen.  Under the GIL no other thread runs
+        # (nor a write() swapping the interval out) between two calls, and none is made here
+        # between reading the interval and updating it.
         c = self.cur
-        if not c.count:
-            c.since = time()
-        c.count += 1
-        c.bytes += size
-        c.ns += ns
-        if size > c.max:
-            c.max = size
-        if size < c.min:
-            c.min = size
-        sizes = c.sizes
-        if key in sizes:
-            sizes[key] += 1
+        exact = c.exact
+        if size in exact:
+            exact[size] += 1
+            c.ns += ns
         else:
-            sizes[key] = 1
-            if len(sizes) > EXACT_SIZES and not self.bucketed:
-                self._to_buckets(c)
+            self._add_new(size, ns)
         if size > self.floor:
             self._keep(size, ns, template, rec)
-        if monotonic() >= _next_write:
-            write_due()
+        if now >= _next_write:
+            write_due(now)
+
+    def _add_new(self, size: int, ns: int) -> None:
+        # A size new to this interval, or a key counted in buckets.
+        if self.bucketed:
+            key = bucket(size)  # (the call first, as above)
+            c = self.cur
+            if not c.count:
+                c.since = time()
+            c.count += 1
+            c.bytes += size
+            c.ns += ns
+            if size > c.max:
+                c.max = size
+            if size < c.min:
+                c.min = size
+            sizes = c.sizes
+            sizes[key] = sizes.get(key, 0) + 1
+            return
+        c = self.cur
+        exact = c.exact
+        if not exact:
+            c.since = time()
+        exact[size] = 1
+        c.ns += ns
+        if len(exact) > EXACT_SIZES:
+            self._to_buckets(c)
 
     def _to_buckets(self, c: _Interval) -> None:
         self.bucketed = True
+        exact, c.exact = c.exact, {}
+        c.count = sum(exact.values())
+        c.bytes = sum(size * n for size, n in exact.items())
+        c.min, c.max = min(exact), max(exact)
         merged: Dict[int, int] = {}
-        for size, n in c.sizes.items():
+        for size, n in exact.items():
             b = bucket(size)
             merged[b] = merged.get(b, 0) + n
         c.sizes = merged
@@ -134,21 +164,27 @@ class Aggregate:
         """The summary record of the interval just ended (if any pickle) and new exemplars."""
         out: List[bytes] = []
         c = self.cur
-        if c.count:
+        if c.exact or c.count:
             self.cur = _Interval()
             rec = _tracer.base_record("summary", self.fields.get("start_method"))
-            rec["of"] = self.of
             rec["of"] = self.of
             for name, value in self.fields.items():
                 if name not in rec:
                     rec[name] = value
-            rec["count"] = c.count
-            rec["bytes"] = c.bytes
-            rec["min_size"] = c.min
-            rec["max_size"] = c.max
+            exact = c.exact
+            if exact:
+                rec["count"] = sum(exact.values())
+                rec["bytes"] = sum(size * n for size, n in exact.items())
+                rec["min_size"] = min(exact)
+                rec["max_size"] = max(exact)
+            else:
+                rec["count"] = c.count
+                rec["bytes"] = c.bytes
+                rec["min_size"] = c.min
+                rec["max_size"] = c.max
             rec["duration_ns"] = c.ns
-            rec["sizes"] = sorted([k, v] for k, v in c.sizes.items())
-            rec["sizes_exact"] = not self.bucketed
+            rec["sizes"] = sorted([k, v] for k, v in (exact or c.sizes).items())
+            rec["sizes_exact"] = bool(exact)
             rec["since"] = c.since
             out.append(_render(rec))
         for entry in self.top:
@@ -205,15 +241,17 @@ def aggregate_for(rec: Dict[str, Any]) -> Aggregate:
 
 def add_record(rec: Dict[str, Any]) -> None:
     """A record built by the dict path (functions by value, launch data, unpickles...)."""
-    aggregate_for(rec).add(rec.get("size") or 0, rec.get("duration_ns") or 0, None, rec)
+    aggregate_for(rec).add(rec.get("size") or 0, rec.get("duration_ns") or 0, perf_counter_ns(),
+                           None, rec)
 
 
 def _started() -> None:
     global _next_write, _interval, _exit_registered
-    if _next_write == float("inf"):
+    if _next_write == _NEVER:
         tracer = _tracer.current
-        _interval = getattr(getattr(tracer, "config", None), "summary_interval", 1.0) or 1.0
-        _next_write = monotonic() + _interval
+        seconds = getattr(getattr(tracer, "config", None), "summary_interval", 1.0) or 1.0
+        _interval = int(seconds * 1e9)
+        _next_write = perf_counter_ns() + _interval
     if not _exit_registered:
         _exit_registered = True
         # A multiprocessing child ends through util._exit_function (finalizers, no atexit); the
@@ -223,9 +261,9 @@ def _started() -> None:
         util.Finalize(None, write, exitpriority=-(2**31))
 
 
-def write_due() -> None:
+def write_due(now: int) -> None:
     global _next_write
-    _next_write = monotonic() + _interval
+    _next_write = now + _interval
     write()
 
 
@@ -249,5 +287,5 @@ def reset() -> None:
     """Forget everything (after a fork: the parent writes its own; when tracing restarts)."""
     global _next_write, _exit_registered
     _aggregates.clear()
-    _next_write = float("inf")
+    _next_write = _NEVER
     _exit_registered = False
