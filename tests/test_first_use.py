@@ -174,3 +174,23 @@ def test_an_unwritable_folder_is_still_refused_at_first_use(tmp_path):
     assert proc.stderr.count("\n") == 1 and "running untraced" in proc.stderr
     assert "no-such-folder" in proc.stderr and "No such file or directory" in proc.stderr
     assert os.listdir(tmp_path) == []
+
+
+def test_settings_left_as_they_were_do_not_restart_first_use_tracing(run_program, tmp_path):
+    run = run_program("""
+import tracedmp
+from tracedmp._runtime import tracer
+
+if __name__ == "__main__":
+    tracedmp.get_context()
+    first = tracer.current
+    tracedmp.reset_config()  # nothing changes: the same tracing, and still no file
+    tracedmp.configure(pickler="pickle")
+    print(tracer.current is first)
+    a, b = tracedmp.Pipe()
+    a.send(1); b.recv()
+""", env={"TRACEDMP_TRACE": None})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "True\n"
+    made = [name for name in os.listdir(tmp_path) if name.startswith("tracedmp-")]
+    assert len(made) == 1 and _events(tmp_path / made[0]) == ["trace_start", "pickle"]

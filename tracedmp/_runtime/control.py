@@ -263,9 +263,13 @@ def reconfigure(*, start: bool) -> None:
         return
     cfg = _config.resolve()
     main = current.main if current is not None else None
-    if current is not None and cfg.trace is None and not (
-            current.implicit and not current.file_chosen and current.sink.pending()):
-        cfg = cfg.replace(trace=current.config.trace)  # keep the file already announced
+    if current is not None and cfg.trace is None:
+        same_file = cfg.replace(trace=current.config.trace)  # keep the file already announced
+        if same_file == current.config:
+            return
+        # (a default file not made yet: the restart picks, and announces, its own)
+        if not (current.implicit and not current.file_chosen and current.sink.pending()):
+            cfg = same_file
     if current is not None and cfg == current.config:
         return
     # Started by first use, and the same file (or a default one not announced yet): still
