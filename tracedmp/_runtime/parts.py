@@ -775,7 +775,7 @@ def select(root: list, channel: str, part: Optional[str], min_part: int,
            top: int = TOP) -> List[Dict[str, Any]]:
     """The ``top`` largest parts; a part that is nearly all one member gives way to it."""
     found: List[Tuple[int, str, list]] = []
-    stack = [(path, node, 0) for path, node in _top(root, channel, part)]
+    stack = [(path, node, 0) for path, node in reversed(_top(root, channel, part))]
     seen = set()
     while stack:
         path, node, depth = stack.pop()
@@ -785,15 +785,17 @@ def select(root: list, channel: str, part: Optional[str], min_part: int,
         seen.add(id(node))
         kids: Any = node[KIDS] or ()
         if len(kids) > top:  # a member outside the largest few cannot make the top either
-            kids = heapq.nlargest(top, kids, key=_kid_size)
+            keep = set(map(id, heapq.nlargest(top, kids, key=_kid_size)))
+            kids = [kid for kid in kids if id(kid) in keep]  # in stream order still
         biggest = _kid_size(kids[0]) if len(kids) == 1 else max(map(_kid_size, kids), default=0)
         # A part that is nearly all one member gives way to it; an instance a method carries
         # is named even then (func.__self__ is what the trap is called).
         if biggest < 0.95 * size and node[KIND] != "method" or path.endswith(".__self__"):
             found.append((size, path, node))
         start, end = node[START], node[END]
-        for fragment, kid, _ in kids:
-            # A member pickled earlier (a memo reference) is counted where it first appeared.
+        # Pushed last member first, so members are taken in stream order, depth first: a
+        # member the pickle refers to again (a memo reference) is named where it first appeared.
+        for fragment, kid, _ in reversed(kids):
             if kid[START] >= start and kid[END] <= end:
                 stack.append((path + fragment, kid, depth + 1))
     if not found and root[END] - root[START] >= min_part and channel not in _NAMED_ROOTS:
