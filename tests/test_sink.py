@@ -244,3 +244,70 @@ def test_the_main_process_sink_takes_lines_longer_than_its_next_region(tmp_path)
     # (a line of 64 KiB or more is written through, after the region the next ones fill: the
     # file's order is not the order of writing, as with any two writers; seq tells that)
     assert sorted(written) == sorted(lines)
+
+
+def test_put_raises_where_write_reserves_and_write_takes_the_line(tmp_path):
+    # The hot path writes with put() (the region's own mmap.write) and falls back on write()
+    # at ValueError (the region is full).  A put another thread fetched just before the region
+    # was let go still writes into it: the region stays mapped while that put holds it.
+    path = tmp_path / "t.jsonl"
+    sink = TraceFile(str(path), mapped=True)
+    lines = [b'{"n":%d,"pad":"%s"}\n' % (i, b"x" * 200) for i in range(2000)]  # ~430 KB
+    fallbacks = 0
+    for i, line in enumerate(lines):
+        if i == 1000:
+            stale = sink.put
+            sink._release()
+            stale(line)
+            continue
+        try:
+            sink.put(line)
+        except ValueError:
+            fallbacks += 1
+            sink.write(line)
+    sink.close()
+    del stale
+    written = [line + b"\n" for line in path.read_bytes().split(b"\n") if line.strip()]
+    assert sorted(written) == sorted(lines)  # none lost, none twice
+    assert 0 < fallbacks < 40  # once per region filled (4 KiB doubling to 64 KiB)
+
+
+def test_ts_of_templates_reads_as_the_clock(monkeypatch):
+    # ts is the cached second's digits and the microseconds into it: across a second's end,
+    # and with a clock set back, it must read as divmod of the time would.
+    from tracedmp._runtime import render
+
+    monkeypatch.setattr(render, "ts_second", (0, b"0."))
+    base = 1_796_122_187_000_000
+    for us in (base + 5, base + 999_999, base + 1_000_000, base + 1_000_001, base + 7,
+               base - 1, 0, 12, base + 3_000_000):
+        monkeypatch.setattr(render, "time_ns", lambda us=us: us * 1000 + 999)
+        assert render.TS_HOLE % render.ts_parts() == b"%d.%06d" % divmod(us, 1_000_000)
+
+
+def test_ts_of_pickle_records_reads_as_the_clock(tmp_path, monkeypatch):
+    # The same through the hot path (dumps() inlines ts_parts()), clock set back included.
+    import tracedmp
+    from tracedmp._runtime import picklers, render
+
+    base = 1_796_122_187_000_000
+    times = [base + 5, base + 999_999, base + 1_000_000, base + 7, base + 2_000_001]
+    path = tmp_path / "t.jsonl"
+    tracedmp.configure(trace=str(path))
+    a, b = tracedmp.get_context("fork").Pipe()
+    try:
+        a.send(0)  # the call site's template is made
+        b.recv()
+        monkeypatch.setattr(render, "ts_second", (0, b"0."))
+        for us in times:
+            monkeypatch.setattr(picklers, "time_ns", lambda us=us: us * 1000 + 999)
+            a.send(us)
+            b.recv()
+    finally:
+        monkeypatch.undo()
+        tracedmp.uninstall()
+        tracedmp.reset_config()
+        control._implicit_allowed = True
+    lines = [line for line in path.read_bytes().split(b"\n") if b'"channel":"pipe"' in line]
+    assert [line.split(b'"ts":')[1].split(b",")[0] for line in lines[1:]] == [
+        b"%d.%06d" % divmod(us, 1_000_000) for us in times]

@@ -272,9 +272,10 @@ def _popen_hook(original: Any, method: str) -> Any:
             if child is not None and type(pid) is int:
                 # Inline, for the same reason: each function called here is pages written.
                 try:
-                    seconds, micros = divmod(time_ns() // 1000, 1_000_000)  # ts_parts()
+                    # (not ts_parts(): the cached second's objects are pages too)
+                    seconds, micros = divmod(time_ns() // 1000, 1_000_000)
                     tracer.sink.write(template % (
-                        seconds, micros, next(_tracer._seq), child, pid,
+                        b"%d." % seconds, micros, next(_tracer._seq), child, pid,
                         b"%d" % launch.size if pickled else b"null", duration))
                 except Exception as exc:
                     internal_error(exc)

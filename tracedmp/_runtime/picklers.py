@@ -24,6 +24,7 @@ from multiprocessing.reduction import ForkingPickler
 from time import perf_counter_ns, time, time_ns
 from weakref import ref as _ref
 
+from . import render as _render
 from . import summary as _summary
 from . import tracer as _tracer
 from .channels import attribute, carrier_channel, receiver_channel
@@ -112,9 +113,17 @@ class _Traced:
                         and hit.context is _default_context._actual_context):  # type: ignore[attr-defined]
                     agg = hit.aggregate
                     if agg is None:
-                        seconds, micros = divmod(time_ns() // 1000, 1_000_000)  # ts_parts()
-                        tracer.sink.write(hit.line % (seconds, micros, next(_tracer._seq),
-                                                      size, duration))
+                        us = time_ns() // 1000  # ts_parts(), inline
+                        second, digits = _render.ts_second
+                        us -= second
+                        if not 0 <= us < 1_000_000:
+                            digits, us = _render.new_second(us + second)
+                        line = hit.line % (digits, us, next(_tracer._seq), size, duration)
+                        sink = tracer.sink
+                        try:
+                            sink.put(line)  # the mapped region's own write, if there is one
+                        except ValueError:  # it is full (or closed)
+                            sink.write(line)
                     else:  # summary mode: the template knows its aggregate
                         # Aggregate.add's usual case inline (the call costs ~1,200
                         # instructions, as much as the rest of it): a size this interval has
@@ -201,7 +210,7 @@ _sources: Tuple[dict, dict] = ({}, {})
 _merged: dict = {}
 
 
-def _forking_table() -> dict:
+def _forking_table(_pickler: Any = None) -> dict:
     global _sources, _merged
     extra = ForkingPickler._extra_reducers  # type: ignore[attr-defined]
     base = ForkingPickler._copyreg_dispatch_table  # type: ignore[attr-defined]  # copyreg.dispatch_table itself
@@ -221,7 +230,7 @@ class TracingPickler(_Traced, ForkingPickler):
     # The C pickler reads dispatch_table once, when it is made; ForkingPickler's own __init__
     # (which builds a private copy) is skipped.
     __init__ = pickle.Pickler.__init__
-    dispatch_table = property(lambda self: _forking_table())
+    dispatch_table = property(_forking_table)  # no lambda between: one Python call, not two
 
     def reducer_override(self, obj: Any) -> Any:
         if type(obj) in _CALLABLE_TYPES or isinstance(obj, type):

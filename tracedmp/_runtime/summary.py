@@ -24,10 +24,10 @@ ago).  A process that ends normally writes everything.
 
 from __future__ import annotations
 
-from time import perf_counter_ns, time, time_ns
+from time import perf_counter_ns, time
 
 from . import tracer as _tracer
-from .render import render
+from .render import render, ts_parts
 
 TYPE_CHECKING = False  # typing costs milliseconds to import, in every spawned child
 if TYPE_CHECKING:
@@ -152,7 +152,7 @@ class Aggregate:
         if rec is not None:
             payload: Any = dict(rec)  # every field a full record has (parts, part, child...)
         else:
-            payload = (template, *divmod(time_ns() // 1000, 1_000_000), size, ns)
+            payload = (template, *ts_parts(), size, ns)
         top = self.top
         top.append([size, payload, False])
         if len(top) > EXEMPLARS:
@@ -198,8 +198,8 @@ class Aggregate:
                 rec["exemplar"] = True
                 out.append(_render(rec))
             else:
-                template, seconds, micros, size, ns = payload
-                line = template % (seconds, micros, next(_tracer._seq), size, ns)
+                template, digits, micros, size, ns = payload
+                line = template % (digits, micros, next(_tracer._seq), size, ns)
                 out.append(line[:-2] + b',"exemplar":true}\n')
         return out
 
