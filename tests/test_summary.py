@@ -494,7 +494,7 @@ def test_a_write_falls_due_by_the_time_the_pickle_ended_with_no_clock_read(monke
 
     agg = summary.Aggregate("pickle", {"channel": "pipe"})
     for _ in range(summary.EXEMPLARS):  # (the interval's first pickle reads time() for
-        agg.add(8, 1, 0)                # "since", exemplars their time_ns())
+        agg.add(8, 1, 0)                # "since", exemplars their ts_parts())
     due = []
     monkeypatch.setattr(summary, "write_due", due.append)
     monkeypatch.setattr(summary, "_next_write", 1_000)
@@ -502,7 +502,7 @@ def test_a_write_falls_due_by_the_time_the_pickle_ended_with_no_clock_read(monke
     def no_clock():
         raise AssertionError("a clock was read for a pickle")
 
-    for name in ("time", "time_ns", "perf_counter_ns"):
+    for name in ("time", "ts_parts", "perf_counter_ns"):  # (ts_parts: an exemplar's time)
         monkeypatch.setattr(summary, name, no_clock)
     for now in (10, 500, 999):
         agg.add(8, 1, now)
