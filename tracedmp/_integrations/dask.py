@@ -32,11 +32,13 @@ import contextvars
 import io
 import sys
 import threading
+from multiprocessing import process as _mp_process
 from time import perf_counter_ns
 
 from .._runtime import tracer as _tracer
 from .._runtime.picklers import _CALLABLE_TYPES, record_error
-from .._runtime.records import record_pickle
+from .._runtime.records import _describe, _pickle_record, record_pickle
+from .._runtime.render import TS_HOLE, json_string, template_of, ts_parts
 from .._runtime.tracer import internal_error, safely
 from . import Patches
 
@@ -407,17 +409,131 @@ def _record(tracer: Any, obj: Any, stream: Any, size: int, buffers: List[int],
     extra = dict(fields)
     extra["buffers"] = len(buffers)
     extra["buffer_bytes"] = sum(buffers)
-    if stream is not None and size >= tracer.parts_at:
+    looked = stream is not None and size >= tracer.parts_at
+    if looked:
         from .._runtime import parts
 
         site = ("dask", channel, extra.get("dask_prefix"))
         extra.update(parts.fields(stream, channel, None, duration, site, buffers))
         if extra.get("parts"):
             _name_parts(obj, channel, extra["parts"])
+    if not looked and not tracer._processors and not tracer.summary:
+        try:
+            if _templated(tracer, obj, size, duration, fields, len(buffers), extra, pickler,
+                          channel):
+                return
+        except (TypeError, ValueError):  # what only the dict path renders (lone surrogates)
+            pass
     refs = [r for r in state.refs if not _internal(r)]
     by_value = state.by_value
     record_pickle(tracer, obj, size, duration, refs, by_value, channel, None, extra, None,
                   pickler)
+
+
+class _Template:
+    """A Dask pickle record rendered but for ts, seq, size, duration_ns, dask_key and
+    buffer_bytes (%-format holes), and what it was made for, checked before it is used again:
+    the object's type and the functions and classes its pickles named, held weakly."""
+
+    __slots__ = ("type_ref", "refs", "line", "keyed")
+
+    def __init__(self, t: type, raw: List[Any], line: bytes, keyed: bool) -> None:
+        self.type_ref = _weak(t)
+        self.refs = [_weak(r) for r in raw]
+        self.line = line
+        self.keyed = keyed  # whether the record has a dask_key (a hole)
+
+    def fits(self, t: type, raw: List[Any]) -> bool:
+        if self.type_ref() is not t:
+            return False
+        for ref, obj in zip(self.refs, raw):
+            if ref() is not obj:
+                return False
+        return True
+
+
+def _weak(obj: Any) -> Any:
+    from weakref import ref
+
+    return ref(obj)
+
+
+# Dask records by everything but their key and sizes: a cluster sends the same few kinds of
+# message, each naming the same functions, over and over.  Keyed by ids (checked through weak
+# references: nothing here keeps the program's functions alive); bounded; made again for
+# another tracer (its settings) or process (the pid and name are in the line).
+_templates: Dict[tuple, _Template] = {}
+_templates_for: List[Any] = [None]
+_TEMPLATE_REFS = 8  # an object naming more (a graph) takes the dict path
+_TEMPLATES_LIMIT = 1024
+_HOLE_KEY = "\x00tracedmp-dask-key\x00"
+
+
+def _templated(tracer: Any, obj: Any, size: int, duration: int, fields: Dict[str, Any],
+               buffers: int, extra: Dict[str, Any], pickler: str, channel: str) -> bool:
+    """Write the record through a template; False when none fits and none can be made."""
+    state = _state
+    raw = state.refs
+    if len(raw) > _TEMPLATE_REFS:
+        return False
+    by_value = state.by_value
+    t = type(obj)
+    items = tuple(fields.items())
+    key_text = None
+    if items and items[0][0] == "dask_key":  # _fields puts it first
+        key_text = items[0][1]
+        items = items[1:]
+    key = (channel, id(t), tuple(map(id, raw)),
+           None if by_value is None else frozenset(by_value),
+           pickler, items, buffers, key_text is not None, _tracer._pid,
+           _mp_process._current_process._name,  # type: ignore[attr-defined]
+           _tracer.start_method_here())
+    if _templates_for[0] is not tracer:
+        _templates.clear()
+        _templates_for[0] = tracer
+    hit = _templates.get(key)
+    if hit is None or not hit.fits(t, raw):
+        hit = _make_template(key, tracer, obj, raw, by_value, channel, extra, pickler)
+        if hit is None:
+            return False
+    ts = ts_parts()
+    if hit.keyed:
+        line = hit.line % (*ts, next(_tracer._seq), size, duration, json_string(key_text),
+                           extra["buffer_bytes"])
+    else:
+        line = hit.line % (*ts, next(_tracer._seq), size, duration, extra["buffer_bytes"])
+    tracer.sink.write(line)
+    return True
+
+
+def _make_template(key: tuple, tracer: Any, obj: Any, raw: List[Any], by_value: Any,
+                   channel: str, extra: Dict[str, Any], pickler: str) -> Optional[_Template]:
+    refs = [r for r in raw if not _internal(r)]
+    rec = _pickle_record(tracer, obj, channel, None, *_describe(obj, refs, by_value))
+    rec["pickler"] = pickler
+    rec.update(extra)
+    keyed = "dask_key" in rec
+    if keyed:
+        rec["dask_key"] = _HOLE_KEY
+    holes = dict(_HOLES)
+    try:
+        line = template_of(rec, holes)
+    except (TypeError, ValueError):
+        return None
+    if keyed:
+        line = line.replace(json_string(_HOLE_KEY).replace(b"%", b"%%"), b"%s", 1)
+    try:
+        template = _Template(type(obj), raw, line, keyed)
+    except TypeError:  # something pickled that takes no weak reference
+        return None
+    if len(_templates) >= _TEMPLATES_LIMIT:
+        _templates.clear()
+    _templates[key] = template
+    return template
+
+
+_HOLES = {"ts": TS_HOLE, "seq": b"%d", "size": b"%d", "duration_ns": b"%d",
+          "buffer_bytes": b"%d"}
 
 
 _ROOTS = {"dask.task": "task", "dask.graph": "graph"}
@@ -542,7 +658,7 @@ def _fields(obj: Any, key_of: Any, frame: Any) -> Tuple[str, Dict[str, Any]]:
                     op, field = named[1], named[2]
                     key = getattr(frame.f_locals.get("ts"), "key", None)
     extra: Dict[str, Any] = {}
-    if key is not None:
+    if key is not None:  # first: the templates' key leaves it out (_templated)
         extra["dask_key"] = _key_text(key)
         prefix = _prefix(key)
         if prefix is not None:
