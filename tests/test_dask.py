@@ -534,3 +534,79 @@ def test_joblib_dask_backend_is_traced(tmp_path):
                          for r in tasks)
     assert len(_dask(records)) == len(sizes)  # every object Dask serialized, once
     assert not [r for r in records if r["event"] == "untraced"]
+
+
+TEMPLATED = '''
+import gc, json, os, sys, weakref
+import tracedmp
+tracedmp.configure(trace=os.environ["TRACE"])
+import distributed
+import distributed.protocol as protocol
+from distributed.protocol.serialize import Serialize, ToPickle
+from dask._task_spec import Task
+import tracedmp._integrations.dask as td
+
+
+def local(i):  # in __main__: by value
+    return i
+
+
+def closure():
+    data = list(range(10))
+
+    def f(i):
+        return data
+    return f
+
+
+CONTEXT = {"sender": {"address": "tcp://127.0.0.1:1"}, "recipient": {"address": "tcp://127.0.0.1:2"}}
+
+
+def send(func, i, key):
+    protocol.dumps([{"op": "compute-task", "key": key, "run_spec": ToPickle(Task(key, func, i)),
+                     "priority": (0, i)}], context=CONTEXT)
+    protocol.dumps({"status": "OK", "data": {key: Serialize((i, "r%"))}}, context=CONTEXT)
+
+
+def sends(tag):
+    for i in range(4):
+        send(local, i, f"local-{tag}{i}")
+        send(len, i, ("len-%s" % tag, i))  # a built-in, by reference; a tuple key
+        send(closure(), i, f"closure-{tag}{i}")
+
+
+sends("T")
+made = len(td._templates)
+f = closure()
+send(f, 9, "kept-9")
+gone = weakref.ref(f)
+del f
+gc.collect()
+td._TEMPLATE_REFS = -1  # every record the dict way
+sends("D")
+tracedmp.uninstall()
+print(json.dumps({"made": made, "kept": gone() is not None}))
+'''
+
+
+@pytest.mark.timeout(120)
+def test_templated_records_are_the_dict_records(run_program, tmp_path):
+    """Dask records rendered through templates say what the dict path says, and the
+    templates keep no function alive."""
+    trace = str(tmp_path / "t.jsonl")
+    run = run_program(TEMPLATED, env={"TRACE": trace}, trace=trace, timeout=90)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["made"] >= 3 and out["kept"] is False, out
+    recs = [r for r in run.records if r["event"] == "pickle" and r["channel"] != "dask.other"]
+
+    def comparable(r):
+        r = {k: v for k, v in r.items() if k not in ("ts", "seq", "duration_ns")}
+        for field in ("dask_key", "dask_prefix"):  # the same but for the tag
+            r[field] = r[field].replace("T", "#").replace("D", "#")
+        return r
+
+    templated, plain = recs[:24], recs[26:]
+    assert len(plain) == 24 and {r["channel"] for r in plain} == {"dask.task", "dask.result"}
+    assert [comparable(r) for r in templated] == [comparable(r) for r in plain]
+    assert {c["kind"] for r in plain for c in r["callables"]} == {"value", "reference"}
