@@ -479,7 +479,7 @@ def _templated(tracer: Any, obj: Any, size: int, duration: int, fields: Dict[str
     by_value = state.by_value
     t = type(obj)
     items = tuple(fields.items())
-    key_text = None
+    key_text: Any = None
     if items and items[0][0] == "dask_key":  # _fields puts it first
         key_text = items[0][1]
         items = items[1:]
