@@ -30,7 +30,7 @@ import os
 import socket
 import sys
 
-from distributed.diagnostics.plugin import SchedulerPlugin, WorkerPlugin
+from distributed.diagnostics.plugin import SchedulerPlugin
 
 from .._runtime import tracer as _tracer
 
@@ -38,7 +38,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Dict, Optional, Set, Tuple
 
-__all__ = ["NAME", "TOPIC", "SchedulerForwarder", "WorkerForwarder", "install", "uninstall"]
+__all__ = ["NAME", "TOPIC", "Receiver", "SchedulerForwarder", "install", "uninstall"]
 
 NAME = "tracedmp"  # the plugins' name on the scheduler and workers
 TOPIC = "tracedmp"  # the event-log topic batches travel on
@@ -149,28 +149,6 @@ class _Forwarding:
             self.server.log_event(TOPIC, msg)
         except Exception:  # a server closing: its comms are gone, and so is the batch
             pass
-
-
-class WorkerForwarder(WorkerPlugin):
-    """Traces a worker tracedmp did not start, forwarding its records to the client."""
-
-    name = NAME
-
-    def __init__(self, settings: Dict[str, Any]) -> None:
-        self.settings = settings
-        self._forwarding: Optional[_Forwarding] = None
-
-    def __getstate__(self) -> Dict[str, Any]:
-        return {"settings": self.settings, "_forwarding": None}
-
-    def setup(self, worker: Any) -> None:
-        self._forwarding = _Forwarding(worker, "worker", self.settings)
-        self._forwarding.start()
-
-    def teardown(self, worker: Any) -> None:
-        if self._forwarding is not None:
-            self._forwarding.stop()
-            self._forwarding = None
 
 
 class SchedulerForwarder(SchedulerPlugin):
@@ -307,15 +285,16 @@ class Receiver:
             self.workers.add(address)
         if kind == "untraced":
             error = msg.get("error")
-            self._note("remote_untraced", role=role, address=address, host=host, remote_pid=pid,
-                       error=error[:500] if isinstance(error, str) else None)
+            self._note("remote_untraced", role=role, address=address, remote_host=host,
+                       remote_pid=pid, error=error[:500] if isinstance(error, str) else None)
             return
         if kind not in ("start", "batch", "end"):
             return
         origin = self.origins.get((host, pid))
         if origin is None:
             origin = self.origins[(host, pid)] = _Origin(role, address, host, pid)
-            self._note("remote_start", role=role, address=address, host=host, remote_pid=pid)
+            self._note("remote_start", role=role, address=address, remote_host=host,
+                       remote_pid=pid)
         if kind == "batch":
             lines = msg.get("lines")
             if isinstance(lines, (bytes, bytearray, memoryview)) and len(lines) <= 4 * MAX_BATCH:
@@ -350,9 +329,9 @@ class Receiver:
 
     def _lost(self, origin: _Origin, reason: str) -> None:
         origin.ended = True
-        self._note("remote_lost", role=origin.role, address=origin.address, host=origin.host,
-                   remote_pid=origin.pid, last_seq=origin.last_seq, interval=INTERVAL,
-                   reason=reason)
+        self._note("remote_lost", role=origin.role, address=origin.address,
+                   remote_host=origin.host, remote_pid=origin.pid, last_seq=origin.last_seq,
+                   interval=INTERVAL, reason=reason)
 
     def finish(self) -> None:
         """The client is closing: say what did not come."""
@@ -363,9 +342,9 @@ class Receiver:
                 self._lost(origin, "did not send its last batch before the client closed")
             if origin.refused:
                 self._note("remote_refused", role=origin.role, address=origin.address,
-                           host=origin.host, remote_pid=origin.pid, lines=origin.refused)
+                           remote_host=origin.host, remote_pid=origin.pid, lines=origin.refused)
         for address in sorted(self.workers - self.heard):
-            self._note("remote_untraced", role="worker", address=address, host=None,
+            self._note("remote_untraced", role="worker", address=address, remote_host=None,
                        remote_pid=None, error="the worker never answered tracedmp's plugin "
                        "(is tracedmp installed there?)")
         self.closed = True
@@ -433,20 +412,45 @@ async def _attach(client: Any) -> None:
             plugin=dumps(SchedulerForwarder(settings, client.id)), name=NAME, idempotent=False)
     except Exception as exc:
         receiver._note("remote_untraced", role="scheduler", address=str(scheduler.address),
-                       host=None, remote_pid=None, error=f"{type(exc).__name__}: {exc}"[:500])
+                       remote_host=None, remote_pid=None,
+                       error=f"{type(exc).__name__}: {exc}"[:500])
     try:
         responses = await scheduler.register_worker_plugin(
-            plugin=dumps(WorkerForwarder(settings)), name=NAME, idempotent=False)
-    except Exception as exc:
-        receiver._note("remote_untraced", role="worker", address=None, host=None,
-                       remote_pid=None, error=f"{type(exc).__name__}: {exc}"[:500])
+            plugin=_by_value(settings), name=NAME, idempotent=False)
+    except Exception as exc:  # some worker could not set it up (the others did)
+        error = f"{type(exc).__name__}: {exc}"[:500]
+        await asyncio.sleep(INTERVAL)  # the others' "start" (it names them) comes meanwhile
+        try:
+            workers = list((await scheduler.identity()).get("workers", ()))
+        except Exception:
+            workers = []
+        for address in sorted(set(map(str, workers)) - receiver.heard) or [None]:
+            if address is not None:
+                receiver.workers.add(address)
+                receiver.heard.add(address)
+            receiver._note("remote_untraced", role="worker", address=address,
+                           remote_host=None, remote_pid=None, error=error)
         return
     for address, response in (responses or {}).items():
         receiver.workers.add(str(address))
         if isinstance(response, dict) and response.get("status") == "error":
             receiver.heard.add(str(address))
-            receiver._note("remote_untraced", role="worker", address=str(address), host=None,
-                           remote_pid=None, error=str(response.get("exception"))[:500])
+            receiver._note("remote_untraced", role="worker", address=str(address),
+                           remote_host=None, remote_pid=None,
+                           error=str(response.get("exception"))[:500])
+
+
+def _by_value(settings: Dict[str, Any]) -> bytes:
+    """The worker plugin, pickled by value (``dask_bootstrap`` says why)."""
+    import cloudpickle
+
+    from . import dask_bootstrap
+
+    cloudpickle.register_pickle_by_value(dask_bootstrap)
+    try:
+        return cloudpickle.dumps(dask_bootstrap.WorkerBootstrap(settings))
+    finally:
+        cloudpickle.unregister_pickle_by_value(dask_bootstrap)
 
 
 async def _detach(client: Any) -> None:

@@ -59,13 +59,15 @@ class ForwardingSink:
     def _keep(self, line: bytes) -> None:
         self._lines.append(line)  # deque.append is atomic: any thread, a signal handler
         n = self._bytes = self._bytes + len(line)
-        if (n >= self.max_bytes or len(self._lines) >= self.max_lines) and not self._woken:
+        if n >= self.max_bytes or len(self._lines) >= self.max_lines:
             self._overflow(n)
 
     def _overflow(self, n: int) -> None:
-        self._woken = True
         if n >= self.cap:
             self.write = self._drop
+        if self._woken:
+            return
+        self._woken = True
         try:
             self._wake()
         except Exception:  # the owner going away must not reach the program's pickle
