@@ -138,7 +138,7 @@ def test_separate_worker_and_scheduler_records_reach_the_client_trace(cluster, t
     assert "tracedmp" in plugins and out["pids"] == [worker_pid]
     queue = [r for r in records if r.get("channel") == "queue" and r["pid"] == worker_pid]
     assert len(queue) == 20  # one put per task, each once
-    assert {(r["role"], r["address"], r["host"]) for r in queue} == {
+    assert {(r["dask_role"], r["dask_address"], r["host"]) for r in queue} == {
         ("worker", address, socket.gethostname())}
     # The task's own Pool: its worker (a child of the Dask worker) wrote to the spool file.
     results = [r for r in records if r.get("channel") == "pool.result" and r.get("host")]
@@ -353,19 +353,23 @@ def test_the_client_writes_only_whole_records_of_what_arrives():
     receiver((0.0, {"kind": "batch", "role": "nanny", "address": "x", "host": "h", "pid": 1,
                     "lines": good}))
     receiver(_batch(good.replace(b'"seq":0', b'"seq":7,"host":"liar"')))
+    dask_record = good.replace(b'"seq":0', b'"seq":8,"dask_role":"worker","dask_address":"a"')
+    receiver(_batch(dask_record))
     lines = tracer.sink.lines
     start = json.loads(lines[0])
     assert start["event"] == "remote_start" and start["remote_pid"] == 77
     written = [json.loads(line) for line in lines[1:]]
     for line in lines:
         assert line.endswith(b"\n") and b"\n" not in line[:-1]
-    assert [(r["seq"], r["host"], r["role"], r["address"]) for r in written] == [
-        (0, "other", "worker", "tcp://10.0.0.2:1234"), (7, "other", "worker",
-                                                        "tcp://10.0.0.2:1234")]
+    assert [(r["seq"], r["host"], r["dask_role"], r["dask_address"]) for r in written] == [
+        (0, "other", "worker", "tcp://10.0.0.2:1234"),
+        (7, "other", "worker", "tcp://10.0.0.2:1234"),
+        (8, "other", "worker", "a")]  # a Dask record names its sender already
+    assert lines[-1] == dask_record[:-1] + b',"host":"other"}\n'
     receiver.finish()
-    notes = [json.loads(line) for line in lines[3:]]
+    notes = [json.loads(line) for line in lines[4:]]
     assert [n["event"] for n in notes] == ["remote_lost", "remote_refused"]
-    assert notes[0]["last_seq"] == 7 and notes[1]["lines"] == len(hostile)
+    assert notes[0]["last_seq"] == 8 and notes[1]["lines"] == len(hostile)
 
 
 def test_forwarding_sink_batches_and_hands_on_its_children_spool(tmp_path):
@@ -396,7 +400,8 @@ def test_killed_process_records_keyed_by_host_in_the_reader(tmp_path):
     trace = tmp_path / "t.jsonl"
     lines = [{"v": 1, "event": "trace_start", "pid": 5, "seq": 0, "ts": 1.0, "process": "M"}]
     lines += [{"v": 1, "event": "pickle", "pid": 5, "seq": s, "ts": 1.0, "process": "M",
-               "host": "elsewhere", "role": "worker", "address": "tcp://x:1"} for s in (0, 1, 3)]
+               "host": "elsewhere", "dask_role": "worker", "dask_address": "tcp://x:1"}
+              for s in (0, 1, 3)]
     lines += [{"v": 1, "event": "pickle", "pid": 5, "seq": 1, "ts": 1.0, "process": "M"}]
     trace.write_text("".join(json.dumps(r) + "\n" for r in lines))
     read = read_trace(str(trace))

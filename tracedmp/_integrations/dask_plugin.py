@@ -9,7 +9,7 @@ records over Dask's event log; the client writes the lines into its trace::
     worker / scheduler: record ──> ForwardingSink (memory) ──every interval, or when
         max lines/bytes wait──> server.log_event("tracedmp", batch)  (the scheduler's comms)
     client: subscribe_topic("tracedmp") ──> Receiver: each line checked to be one JSON record,
-        given "host", "role", "address" ──> the client's trace file, as its own lines are
+        given "host", "dask_role", "dask_address" ──> the client's trace file
 
 A process that already traces (a ``LocalCluster``'s workers, spawned by a traced nanny; the
 client's own in-process scheduler) is left as it is: it writes the trace file itself.  A process
@@ -224,16 +224,18 @@ async def _unregister_everything(scheduler: Any) -> None:
 # -- in the client -----------------------------------------------------------------------------
 
 class _Origin:
-    __slots__ = ("role", "address", "host", "pid", "suffix", "last_seq", "ended", "state",
+    __slots__ = ("role", "address", "host", "pid", "suffix", "host_only", "last_seq", "ended",
                  "records", "refused")
 
     def __init__(self, role: str, address: str, host: str, pid: int) -> None:
         self.role, self.address, self.host, self.pid = role, address, host, pid
-        self.suffix = b"".join((b',"host":', _json(host), b',"role":', _json(role),
-                                b',"address":', _json(address), b"}\n"))
+        # What the client adds to each of its lines: where it came from (a record of Dask's
+        # own names its sender already: then only the host).
+        self.host_only = b"".join((b',"host":', _json(host), b"}\n"))
+        self.suffix = b"".join((b',"host":', _json(host), b',"dask_role":', _json(role),
+                                b',"dask_address":', _json(address), b"}\n"))
         self.last_seq: Optional[int] = None
         self.ended = False
-        self.state = "start"
         self.records = 0
         self.refused = 0
 
@@ -315,9 +317,13 @@ class Receiver:
                                              or rec["seq"] > origin.last_seq):
                 origin.last_seq = rec["seq"]
             origin.records += 1
-            if tracer._processors or "host" in rec or "role" in rec or "address" in rec:
-                rec.update(host=origin.host, role=origin.role, address=origin.address)
+            if tracer._processors or "host" in rec:
+                rec["host"] = origin.host
+                rec.setdefault("dask_role", origin.role)
+                rec.setdefault("dask_address", origin.address)
                 tracer.emit(rec)
+            elif "dask_role" in rec or "dask_address" in rec:
+                tracer.sink.write(line.rstrip()[:-1] + origin.host_only)
             else:
                 tracer.sink.write(line.rstrip()[:-1] + origin.suffix)
 
