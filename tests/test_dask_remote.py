@@ -331,7 +331,17 @@ def _batch(lines: bytes, **identity) -> tuple:
 
 
 def test_the_client_writes_only_whole_records_of_what_arrives():
-    from tracedmp._integrations import dask_plugin  # (imports distributed: only here)
+    # In a fresh interpreter: dask_plugin imports distributed, which this process must not (the
+    # other tests' programs would see it imported).
+    here = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {here!r}); "
+                           "import test_dask_remote as t; t._client_checks(); print('ok')"],
+                          capture_output=True, text=True, timeout=120, env=_env())
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def _client_checks() -> None:
+    from tracedmp._integrations import dask_plugin  # (imports distributed)
 
     assert (dask_plugin.INTERVAL, dask_plugin.MAX_LINE) == (INTERVAL, MAX_LINE)
     tracer = _Tracer()
@@ -409,3 +419,4 @@ def test_killed_process_records_keyed_by_host_in_the_reader(tmp_path):
     (missing,) = read.missing
     assert (missing.pid, missing.host, missing.ranges) == (5, "elsewhere", [(2, 2)])
     assert "pid 5 on elsewhere" in render(summarize_file(str(trace)))
+    assert "distributed" not in sys.modules  # (this module's tests leave it to their programs)
