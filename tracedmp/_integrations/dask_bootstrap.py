@@ -15,19 +15,23 @@ import socket
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 __all__ = ["WorkerBootstrap"]
 
 TOPIC = "tracedmp"  # dask_plugin.TOPIC (this module is sent by value: no import of it)
 
 
-class WorkerBootstrap(WorkerPlugin):
+class WorkerBootstrap(WorkerPlugin):  # type: ignore[misc]  # (Any to mypy)
     """Starts ``dask_plugin``'s forwarding in the worker, or says why it cannot."""
 
     name = "tracedmp"
 
     def __init__(self, settings: dict) -> None:
         self.settings = settings
-        self._forwarding = None
+        self._forwarding: Any = None
 
     def __getstate__(self) -> dict:
         return {"settings": self.settings, "_forwarding": None}

@@ -151,7 +151,7 @@ class _Forwarding:
             pass
 
 
-class SchedulerForwarder(SchedulerPlugin):
+class SchedulerForwarder(SchedulerPlugin):  # type: ignore[misc]  # (Any to mypy)
     """Traces the scheduler if tracedmp did not start it; tells the client of workers joining
     and leaving; keeps the scheduler's event log of ``TOPIC`` empty (batches are passed on as
     they come, never kept); cleans up if the client goes away without closing."""
@@ -270,7 +270,8 @@ class Receiver:
 
     def _handle(self, msg: Dict[str, Any]) -> None:
         kind = msg.get("kind")
-        role, address = msg.get("role"), msg.get("address")
+        role: Any = msg.get("role")  # checked below: anything may arrive
+        address: Any = msg.get("address")
         if role not in _ROLES or not _short(address):
             return
         if kind in ("joined", "gone"):
@@ -279,7 +280,8 @@ class Receiver:
             else:
                 self._gone(address)
             return
-        host, pid = msg.get("host"), msg.get("pid")
+        host: Any = msg.get("host")
+        pid = msg.get("pid")
         if not _short(host) or type(pid) is not int:
             return
         if role == "worker":
@@ -430,11 +432,14 @@ async def _attach(client: Any) -> None:
             workers = list((await scheduler.identity()).get("workers", ()))
         except Exception:
             workers = []
-        for address in sorted(set(map(str, workers)) - receiver.heard) or [None]:
-            if address is not None:
-                receiver.workers.add(address)
-                receiver.heard.add(address)
+        unheard = sorted(set(map(str, workers)) - receiver.heard)
+        for address in unheard:
+            receiver.workers.add(address)
+            receiver.heard.add(address)
             receiver._note("remote_untraced", role="worker", address=address,
+                           remote_host=None, remote_pid=None, error=error)
+        if not unheard:
+            receiver._note("remote_untraced", role="worker", address=None,
                            remote_host=None, remote_pid=None, error=error)
         return
     for address, response in (responses or {}).items():
