@@ -308,6 +308,8 @@ class Receiver:
 
     def _write(self, origin: _Origin, data: bytes) -> None:
         tracer = self.tracer  # (uninstall() took it out of tracer.current; its file is open)
+        if tracer is None:
+            return
         for line in data.split(b"\n"):
             if not line:
                 continue
@@ -356,11 +358,14 @@ class Receiver:
                        remote_pid=None, error="the worker never answered tracedmp's plugin "
                        "(is tracedmp installed there?)")
         self.closed = True
+        self.tracer = None  # (the handler stays subscribed until the client closes: ignoring)
 
     def pending(self) -> int:
         return sum(1 for origin in self.origins.values() if not origin.ended)
 
     def _note(self, event: str, **fields: Any) -> None:
+        if self.tracer is None:
+            return
         rec = _tracer.base_record(event, None)
         rec.update(fields)
         self.tracer.emit(rec)
@@ -481,7 +486,10 @@ async def _detach(client: Any) -> None:
     except Exception:  # a scheduler gone already: what it had not sent is lost, and said so
         pass
     receiver.finish()
-    client._event_handlers.pop(TOPIC, None)
+    try:  # (the closed receiver stays the topic's handler: Dask unsubscribes a topic with none)
+        client.unsubscribe_topic(TOPIC)
+    except Exception:
+        pass
 
 
 async def _unregister(client: Any, scheduler: Any) -> None:
@@ -537,9 +545,11 @@ def uninstall() -> None:
             setattr(klass, name, original)
     for client, _receiver in list(_receivers.values()):
         try:
-            if client.asynchronous or _on_loop(client):
+            if client.asynchronous or _on_loop(client):  # cannot wait here: unregister only
                 _receivers.pop(id(client), None)
                 _receiver.finish()
+                if client.scheduler is not None:
+                    client.loop.add_callback(_unregister, client, client.scheduler)
                 continue
             client.sync(_detach, client, callback_timeout=2 * CLOSE_WAIT + 1)
         except Exception as exc:
