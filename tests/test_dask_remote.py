@@ -419,4 +419,3 @@ def test_killed_process_records_keyed_by_host_in_the_reader(tmp_path):
     (missing,) = read.missing
     assert (missing.pid, missing.host, missing.ranges) == (5, "elsewhere", [(2, 2)])
     assert "pid 5 on elsewhere" in render(summarize_file(str(trace)))
-    assert "distributed" not in sys.modules  # (this module's tests leave it to their programs)
