@@ -76,7 +76,8 @@ class ForwardingSink:
     def _drop(self, line: bytes) -> None:
         self.dropped += 1
 
-    def pending(self) -> int:
+    def waiting(self) -> int:
+        """Lines kept, not taken yet."""
         return len(self._lines)
 
     def take(self, limit: int = 1024 * 1024) -> bytes:
@@ -118,6 +119,17 @@ class ForwardingSink:
 
     def open(self) -> None:
         """Nothing to open: the lines stay in memory."""
+
+    # TraceFile's put-off first line (tracing started by first use, in a main process): never
+    # here, where tracing is started by a plugin and writes no trace_start.
+    def pending(self) -> bool:
+        return False
+
+    def drop_pending(self) -> bool:
+        return False
+
+    def write_pending(self) -> None:
+        """Nothing put off."""
 
     def flush(self) -> None:
         """Nothing to do: the owner takes the lines."""
