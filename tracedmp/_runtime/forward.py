@@ -73,6 +73,11 @@ class ForwardingSink:
         except Exception:  # the owner going away must not reach the program's pickle
             pass
 
+    def put(self, line: bytes) -> None:
+        """The pickler's hot-path write (TraceFile's raises ValueError where write would
+        reserve; this never does)."""
+        self.write(line)
+
     def _drop(self, line: bytes) -> None:
         self.dropped += 1
 
