@@ -14,8 +14,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "tracedmp"
 # _runtime, bottom first: each module may import only those before it (as _runtime's docstring
 # says).  child, the spawned child's bootstrap, imports nothing of ours at module level, and one
 # module above it inside a function: control, to start tracing (its comment says why).
-RUNTIME = ["config", "sink", "parts", "channels", "render", "tracer", "summary", "records",
-           "diagnose", "picklers", "spawncheck", "child", "hooks", "control"]
+RUNTIME = ["config", "sink", "forward", "parts", "channels", "render", "tracer", "summary",
+           "records", "diagnose", "picklers", "spawncheck", "child", "hooks", "control"]
 
 
 def _imports(path: Path, package: str) -> set:

@@ -15,6 +15,8 @@ integration whose patches live in several modules, like loky's pickler and its P
   record per ``Parallel`` call naming its backend.
 - ``dask``: Dask distributed's protocol (``distributed.protocol``): every object it pickles to
   send, in the client, the scheduler and each worker.
+- ``dask_plugin``: a ``distributed.Client`` registers plugins that trace the Dask workers and
+  scheduler tracedmp did not start, forwarding their records into the client's trace.
 - ``engines``: process-parallel engines whose traffic tracedmp does not see (Ray, pathos, ...):
   one ``untraced`` record when one is imported.
 """
@@ -45,6 +47,8 @@ INTEGRATIONS: Dict[str, str] = {
     "mpi4py": "engines",
     "ipyparallel": "engines",
     "pyspark": "engines",
+    # dask_plugin: a traced Client has Dask processes tracedmp did not start forward their records
+    "distributed.client": "dask_plugin",
     "concurrent.futures.interpreter": "interpreters",  # InterpreterPoolExecutor, Python 3.14+
 }
 

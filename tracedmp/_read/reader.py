@@ -126,6 +126,8 @@ class MissingRecords(NamedTuple):
     cut: int
     tail_lost: bool
     scattered: bool = False
+    host: Optional[str] = None  # a Dask process tracedmp did not start: its records came
+    # through the client (``host`` in each), so its pid is told apart from this machine's
 
 
 class _Seqs:
@@ -199,11 +201,13 @@ class _Seqs:
         self.lo, self.next, self.runs = seq, seq + 1, []
         self.cut, self.cut_mark = 0, -2
 
-    def missing(self, pid: int) -> List[MissingRecords]:
-        out = [m for old in self.earlier for m in old.missing(pid)]
+    def missing(self, key: Any) -> List[MissingRecords]:
+        """``key``: the pid, or (host, pid) for a forwarded process's records."""
+        out = [m for old in self.earlier for m in old.missing(key)]
+        host, pid = key if type(key) is tuple else (None, key)
         tail_lost = self.cut_mark == self.next
         if self.scattered:
-            out.append(MissingRecords(pid, self.process, 0, [], self.cut, tail_lost, True))
+            out.append(MissingRecords(pid, self.process, 0, [], self.cut, tail_lost, True, host))
             return out
         gaps: List[Tuple[int, int]] = []
         count = 0
@@ -216,7 +220,8 @@ class _Seqs:
                     gaps.append((edge, first - 1))
             edge = last + 1
         if count or self.cut:
-            out.append(MissingRecords(pid, self.process, count, gaps, self.cut, tail_lost))
+            out.append(MissingRecords(pid, self.process, count, gaps, self.cut, tail_lost,
+                                      host=host))
         return out
 
 
@@ -252,7 +257,7 @@ class Trace:
         self.skipped_count = 0
         self.cut_count = 0
         self.missing: List[MissingRecords] = []
-        self._seqs: Dict[int, _Seqs] = {}
+        self._seqs: Dict[Any, _Seqs] = {}  # pid, or (host, pid) of a forwarded process
 
     def __iter__(self) -> Iterator[Record]:
         for data in self.dicts():
@@ -298,7 +303,10 @@ class Trace:
                 trusted = True
                 # Follow the writer's seq numbers (inlined: this runs for every record).
                 try:
-                    entry = seqs[data["pid"]]
+                    # A process on another machine (its records forwarded, with its host):
+                    # its numbers are its own, whatever pid this machine's processes had.
+                    entry = seqs[data["pid"] if "host" not in data else (data["host"],
+                                                                          data["pid"])]
                 except (KeyError, TypeError):  # a new process, or no pid that can be one
                     self._count_seq(data)
                 else:
@@ -310,15 +318,17 @@ class Trace:
                 yield data
             self.lines = number
         self.records = number - self._odd_lines + self._odd_records
-        self.missing = [m for pid, entry in seqs.items() for m in entry.missing(pid)]
+        self.missing = [m for key, entry in seqs.items() for m in entry.missing(key)]
 
     def _count_seq(self, data: Dict[str, Any]) -> None:
         pid, seq = data.get("pid"), data.get("seq")
         if type(pid) is not int or type(seq) is not int or not 0 <= seq < _SEQ_LIMIT:
             return
-        entry = self._seqs.get(pid)
+        host = data.get("host")
+        key: Any = pid if host is None else (str(host), pid)
+        entry = self._seqs.get(key)
         if entry is None:
-            entry = self._seqs[pid] = _Seqs(_name(data.get("process")))
+            entry = self._seqs[key] = _Seqs(_name(data.get("process")))
         entry.cut_mark = -2
         guess, entry.guess = entry.guess, -1
         if guess >= 0 and seq == guess + 1 and (entry.next == guess or entry.lo < 0):

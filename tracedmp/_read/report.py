@@ -211,7 +211,7 @@ class Summary:
                 self.unpickles.add(_int(r.get("size")), _int(r.get("duration_ns")))
         elif event == "summary":
             self._summary(r)
-        elif event in ("parallel", "untraced"):
+        elif event in ("parallel", "untraced", "remote_lost", "remote_untraced"):
             self.libraries.add(event, r)
 
     def _pickle(self, r: Mapping[str, Any]) -> None:
@@ -556,7 +556,7 @@ def losses(trace: Trace, *, pid: Optional[int] = None) -> Dict[str, Any]:
     processes = [
         {"pid": m.pid, "process": m.process, "cut": m.cut, "missing": m.missing,
          "ranges": [list(r) for r in m.ranges], "tail_lost": m.tail_lost,
-         "scattered": m.scattered}
+         "scattered": m.scattered, "host": m.host}
         for m in trace.missing if pid is None or m.pid == pid]
     return {
         "cut": trace.cut_count,
@@ -595,7 +595,8 @@ def _render_losses(lost: Dict[str, Any]) -> List[str]:
                         "but never written)")
         if p["scattered"]:
             what.append("seq numbers too disordered to tell what is missing")
-        line = f"  pid {p['pid']} ({p['process']}): " + "; ".join(what)
+        on = f" on {printable(str(p['host']))}" if p.get("host") else ""
+        line = f"  pid {p['pid']}{on} ({p['process']}): " + "; ".join(what)
         if p["tail_lost"]:
             line += "; the last thing it wrote was cut off, so what it recorded after is lost too"
         lines.append(line)
@@ -609,6 +610,25 @@ def _render_losses(lost: Dict[str, Any]) -> List[str]:
         lines.append(f"  {_not_records(lost['not_records'])} skipped: "
                      f"line{'s' if lost['not_records'] > 1 else ''} {at}"
                      f"{', ...' if lost['not_records'] > 5 else ''}")
+    return lines
+
+
+def _remote_name(r: Mapping[str, Any]) -> str:
+    where = (f"pid {r['remote_pid']} on {printable(str(r['remote_host']))}"
+             if r.get("remote_host") else "")
+    address = printable(str(r.get("address") or "?"))
+    return f"Dask {r.get('role') or 'process'} {address}" + (f" ({where})" if where else "")
+
+
+def _render_remote_lost(remote: List[Dict[str, Any]]) -> List[str]:
+    lines = []
+    for r in remote:
+        after = (f"after seq {r['last_seq']}" if type(r.get("last_seq")) is int
+                 else "before its first batch")
+        interval = r.get("interval")
+        bound = f" (up to {interval} s of them)" if isinstance(interval, (int, float)) else ""
+        lines.append(f"  {_remote_name(r)} {printable(str(r.get('reason') or 'went away'))}: "
+                     f"the records it made {after}{bound} are lost")
     return lines
 
 
@@ -722,12 +742,15 @@ def render_text(data: Dict[str, Any]) -> str:
             "buckets, within 1.6 %")
     lost = data.get("lost")
     note = losses_note(lost)
-    if lost and note:
-        add(f"  note: {note}: see Records lost, below")
+    remote_lost = data.get("remote_lost") or []
+    if lost and note or remote_lost:
+        if note:
+            add(f"  note: {note}: see Records lost, below")
         add("")
         add("Records lost (a process died, or could not write: disk full, a file size limit, "
             "permissions)")
-        lines.extend(_render_losses(lost))
+        lines.extend(_render_losses(lost) if lost else [])
+        lines.extend(_render_remote_lost(remote_lost))
     elif data.get("truncated_line"):
         add(f"  note: line {data['truncated_line']} was cut short (a process was killed while "
             "writing it) and is left out")
@@ -854,6 +877,7 @@ class _Libraries:
     def __init__(self) -> None:
         self.parallel: Dict[tuple, int] = {}  # (library, backend, pickles) -> calls
         self.untraced: Dict[str, set] = {}  # engine -> processes that imported it
+        self.remote: List[Dict[str, Any]] = []  # remote_lost and remote_untraced records
         # (channel, nbytes, shape, dtype, sent_as) -> [messages, bytes in them, files written]
         self.arrays: Dict[tuple, List[int]] = {}
 
@@ -861,6 +885,10 @@ class _Libraries:
         if event == "parallel":
             key = (_text(r.get("library")), _text(r.get("backend")), r.get("pickles"))
             self.parallel[key] = self.parallel.get(key, 0) + 1
+        elif event in ("remote_lost", "remote_untraced"):  # Dask processes tracedmp did not start
+            self.remote.append({k: r.get(k) for k in (
+                "event", "role", "address", "remote_host", "remote_pid", "last_seq", "interval",
+                "reason", "error")})
         else:
             self.untraced.setdefault(_text(r.get("engine")), set()).add(_text(r.get("process")))
 
@@ -886,6 +914,8 @@ class _Libraries:
                          for k, n in sorted(self.parallel.items(), key=lambda kv: -kv[1])],
             "untraced": [{"engine": e, "processes": sorted(p for p in ps if p)}
                          for e, ps in sorted(self.untraced.items())],
+            "remote_lost": [r for r in self.remote if r["event"] == "remote_lost"],
+            "remote_untraced": [r for r in self.remote if r["event"] == "remote_untraced"],
             "arrays": [{"channel": k[0], "nbytes": k[1], "shape": list(k[2]), "dtype": k[3],
                         "sent_as": k[4], "messages": v[0], "bytes": v[1], "written": v[2]}
                        for k, v in sorted(self.arrays.items(), key=lambda kv: -kv[0][1])],
@@ -962,9 +992,12 @@ def _render_libraries(data: Dict[str, Any], add: Any) -> None:
             else:
                 add(f"  {_fmt_bytes(a['nbytes'])} array ({a['dtype']}): copied into "
                     f"{a['messages']} {a['channel']} message(s), {_fmt_bytes(a['bytes'])}")
-    if data.get("untraced"):
+    if data.get("untraced") or data.get("remote_untraced"):
         add("")
         add("Not traced")
-        for u in data["untraced"]:
+        for u in data.get("untraced") or []:
             add(f"  {u['engine']}: imported by {', '.join(u['processes']) or '?'}; its task "
                 "traffic is not in this trace")
+        for r in data.get("remote_untraced") or []:
+            add(f"  {_remote_name(r)}: {printable(str(r.get('error') or '?'))}; what it "
+                "pickled is not in this trace")

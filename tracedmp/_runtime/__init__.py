@@ -4,6 +4,7 @@ Modules, bottom first; each imports only those before it (a test pins this)::
 
     config      the settings and where they come from
     sink        TraceFile: whole lines appended to the one trace file
+    forward     ForwardingSink: lines kept for a process whose trace file is elsewhere (Dask)
     parts       a large pickle's largest parts, from its bytes (imported at the first one)
     channels    which channel carried a pickle, told from the calling frames
     render      records as JSON lines (templates' small writer, orjson)

@@ -35,14 +35,16 @@ _UNSET: Any = object()  # the default of every configure() argument
 
 def activate(config: Optional[_config.Config] = None, *,
              main: Optional[bool] = None, trace_start: bool = True,
-             implicit: bool = False) -> _tracer.Tracer:
+             implicit: bool = False, sink: Any = None) -> _tracer.Tracer:
     """Start tracing with ``config`` (default: the resolved settings); idempotent.
 
     ``main``: whether this is the program's main process (it announces a default trace file,
     writes ``trace_start`` unless told not to, and maps reserved space for its records); worked
     out when not given.  ``implicit``: started by the first use of tracedmp's API, not asked
     for: the file is made by the first record (a program that records nothing, or chooses
-    another file first, leaves none behind)."""
+    another file first, leaves none behind).  ``sink``: where the records go instead of
+    ``config.trace`` (a process whose trace is elsewhere, ``forward.ForwardingSink``;
+    ``config.trace`` is then where its children write)."""
     if _tracer.current is not None:
         return _tracer.current
     _tracer.forked_since_start()
@@ -59,7 +61,7 @@ def activate(config: Optional[_config.Config] = None, *,
     if cfg.trace != _tracer._seq_file:  # each trace file numbers a process's records from 0
         _tracer._seq = itertools.count()
         _tracer._seq_file = cfg.trace  # type: ignore[assignment]  # a path by now
-    tracer = _tracer.Tracer(cfg, main=main)
+    tracer = _tracer.Tracer(cfg, main=main, sink=sink)
     tracer.implicit, tracer.file_chosen = implicit, chosen
     if main:
         # A bad path is an error now, naming the path, not a lost trace.

@@ -39,10 +39,11 @@ _own_start_method: Optional[str] = None
 class Tracer:
     """Running tracing: the settings, the trace file and the record pipeline."""
 
-    def __init__(self, config: Config, *, main: bool = False) -> None:
+    def __init__(self, config: Config, *, main: bool = False, sink: Any = None) -> None:
+        """``sink``: where lines go, if not ``config.trace`` (a ``forward.ForwardingSink``)."""
         self.config = config
         self.main = main
-        self.sink = TraceFile(config.trace, mapped=main)  # type: ignore[arg-type]
+        self.sink = sink if sink is not None else TraceFile(config.trace, mapped=main)  # type: ignore[arg-type]
         self.pickler = config.pickler
         self._processors = config.processors
         # Pickles this large name their parts (parts.py); "never" when that is off.
