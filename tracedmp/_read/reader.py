@@ -447,8 +447,8 @@ def _parse(text: bytes, strict: bool = True) -> "tuple[Optional[Dict[str, Any]],
         data = _fast_loads(text)
     except ValueError:
         try:
-            # orjson refuses escaped lone surrogates and integers beyond 64 bits, which other
-            # writers may produce.
+            # orjson refuses escaped lone surrogates, which other writers may produce (integers
+            # beyond 64 bits it refused before 3.13; since, it reads them as floats).
             data = _json_loads(text)
         except RecursionError:
             return None, f"nested more than {MAX_DEPTH} levels deep: not a tracedmp record"
