@@ -36,7 +36,7 @@ from multiprocessing import process as _mp_process
 from time import perf_counter_ns
 
 from .._runtime import tracer as _tracer
-from .._runtime.picklers import _CALLABLE_TYPES, record_error
+from .._runtime.picklers import _CALLABLE_TYPES, note_by_value, record_error
 from .._runtime.records import _describe, _pickle_record, record_pickle
 from .._runtime.render import TS_HOLE, json_string, template_of, ts_parts
 from .._runtime.tracer import internal_error, safely
@@ -208,10 +208,8 @@ def _cloudpickle_stand_in(real: Any) -> _StandIn:
             else:
                 refs.append(obj)
             reduced = base_override(self, obj)
-            if reduced is not NotImplemented and not (is_class and obj.__module__ == "builtins"):
-                if self._tracedmp_by_value is None:
-                    self._tracedmp_by_value = set()
-                self._tracedmp_by_value.add(id(obj))
+            if reduced is not NotImplemented:
+                note_by_value(self, obj, is_class)
             return reduced
 
     TracingDaskCloudPickler.__module__ = __name__

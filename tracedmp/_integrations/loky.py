@@ -31,7 +31,7 @@ from time import perf_counter_ns
 from .._runtime import hooks as _hooks
 from .._runtime import tracer as _tracer
 from .._runtime.hooks import _CountingWriter, _launch_fields
-from .._runtime.picklers import _CALLABLE_TYPES, record_error
+from .._runtime.picklers import _CALLABLE_TYPES, note_by_value, record_error
 from .._runtime.records import record_pickle
 from .._runtime.tracer import internal_error, safely
 from . import Patches, arrays
@@ -236,10 +236,8 @@ def _make_tracing_class(base: Any) -> type:
             if base_override is None:
                 return NotImplemented
             reduced = base_override(self, obj)
-            if reduced is not NotImplemented and not (is_class and obj.__module__ == "builtins"):
-                if self._tracedmp_by_value is None:
-                    self._tracedmp_by_value = set()
-                self._tracedmp_by_value.add(id(obj))
+            if reduced is not NotImplemented:
+                note_by_value(self, obj, is_class)
             return reduced
 
     TracingLokyPickler.__module__ = __name__

@@ -35,8 +35,8 @@ TYPE_CHECKING = False  # typing costs milliseconds to import, in every spawned c
 if TYPE_CHECKING:
     from typing import Any, Dict, List, Optional, Set, Tuple
 
-__all__ = ["TracingPickler", "dump_untraced", "manager_fields", "pickler_class", "record_error",
-           "traced_loads"]
+__all__ = ["TracingPickler", "dump_untraced", "manager_fields", "note_by_value", "pickler_class",
+           "record_error", "traced_loads"]
 
 # Objects the trace lists under "callables": functions, methods and classes (any metaclass).
 _CALLABLE_TYPES = frozenset(
@@ -297,16 +297,23 @@ def _cloud_class() -> type:
                         _by_reference.clear()
                     # held weakly: a module can drop what it defined
                     _by_reference[id(obj)] = _ref(obj)
-            elif not (is_class and obj.__module__ == "builtins"):
-                # by value, unless it only names a builtin type (types.CodeType and the like,
-                # which the child looks up by name)
-                if self._tracedmp_by_value is None:
-                    self._tracedmp_by_value = set()
-                self._tracedmp_by_value.add(id(obj))
+            else:
+                note_by_value(self, obj, is_class)
             return reduced
 
     TracingCloudPickler.__module__ = __name__
     return TracingCloudPickler
+
+
+def note_by_value(pickler: Any, obj: Any, is_class: bool) -> None:
+    """Note that ``pickler`` reduced the function or class ``obj`` itself (by value) — unless
+    it only names a builtin type (types.CodeType and the like, which the child looks up by
+    name).  Called only once a reducer_override has reduced ``obj``: off the common path."""
+    if is_class and obj.__module__ == "builtins":
+        return
+    if pickler._tracedmp_by_value is None:
+        pickler._tracedmp_by_value = set()
+    pickler._tracedmp_by_value.add(id(obj))
 
 
 _cloud: Optional[type] = None
